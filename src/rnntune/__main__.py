@@ -1,0 +1,3 @@
+from rnntune.cli import main
+
+main()

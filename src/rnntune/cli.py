@@ -1,0 +1,364 @@
+"""The `rnntune` command: thin click commands over the library.
+
+Each command parses options, builds a config, calls the library, and turns the library's errors
+into one ``Error:`` line with a non-zero exit. Every option also reads ``RNNTUNE_<OPTION>``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rnntune import config as config_mod
+from rnntune.exceptions import RnntuneError
+from rnntune.storage import DEFAULT_STORAGE
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+# -- option decorators ---------------------------------------------------------------------
+def storage_option(f: Callable) -> Callable:
+    return click.option(
+        "--storage", envvar="RNNTUNE_STORAGE", default=DEFAULT_STORAGE, show_default=True,
+        help="Study database URL: sqlite:///FILE.db or postgresql://user:pass@host:5432/db.",
+    )(f)
+
+
+def experiment_option(f: Callable) -> Callable:
+    return click.option(
+        "--experiment", envvar="RNNTUNE_EXPERIMENT", default="default", show_default=True,
+        help="Experiment name (its studies are <experiment>.rnn, .gru, .lstm).",
+    )(f)
+
+
+def experiment_config_options(f: Callable) -> Callable:
+    d = config_mod.ExperimentConfig()
+    opts = [
+        click.option("--config", "config_file", envvar="RNNTUNE_CONFIG",
+                     type=click.Path(dir_okay=False),
+                     help="Experiment file (TOML): [experiment], [search_space], [pruner]."),
+        click.option("--data", envvar="RNNTUNE_DATA", show_default=d.data,
+                     help="synthetic[:n=...,length=...,features=...,seed=...], npz:PATH or "
+                          "csv:PATH."),
+        click.option("--trials", type=int, envvar="RNNTUNE_TRIALS", show_default=str(d.trials),
+                     help="Budget per family: finished (complete + pruned) trials."),
+        click.option("--repeats", type=int, envvar="RNNTUNE_REPEATS",
+                     show_default=str(d.repeats), help="Evaluation repeats per family."),
+        click.option("--max-epochs", type=int, envvar="RNNTUNE_MAX_EPOCHS",
+                     show_default=str(d.max_epochs), help="Epochs per training run at most."),
+        click.option("--seed", type=int, envvar="RNNTUNE_SEED", show_default=str(d.seed),
+                     help="Base seed: splits, trials and the paired repeat seeds."),
+        click.option("--objective", envvar="RNNTUNE_OBJECTIVE",
+                     type=click.Choice(config_mod.METRICS), show_default=d.objective,
+                     help="Validation metric tuning maximises."),
+        click.option("--pruner", envvar="RNNTUNE_PRUNER", type=click.Choice(config_mod.PRUNERS),
+                     show_default=d.pruner.type, help="Pruner on the per-epoch validation metric."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def runtime_options(f: Callable) -> Callable:
+    opts = [
+        click.option("--artifacts", envvar="RNNTUNE_ARTIFACTS", default="rnntune-artifacts",
+                     show_default=True,
+                     help="Artifact directory shared by all workers (checkpoints, reports)."),
+        click.option("--device", envvar="RNNTUNE_DEVICE", default="auto", show_default=True,
+                     help="auto, cpu or cuda."),
+        click.option("--threads", type=int, envvar="RNNTUNE_THREADS",
+                     help="torch threads per worker [default: cores / workers, at least 1]."),
+        click.option("--heartbeat-interval", type=int, envvar="RNNTUNE_HEARTBEAT_INTERVAL",
+                     default=5, show_default=True, help="Seconds between heartbeats."),
+        click.option("--grace-period", type=int, envvar="RNNTUNE_GRACE_PERIOD", default=30,
+                     show_default=True,
+                     help="Seconds without heartbeat before a trial or repeat is retried."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def handle_errors(f: Callable) -> Callable:
+    """Library errors → one `Error:` line and exit 1 (no traceback)."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except RnntuneError as e:
+            raise click.ClickException(str(e)) from e
+        except KeyboardInterrupt as e:
+            raise click.ClickException(
+                "interrupted: finished work is stored; rerun the command to continue"
+            ) from e
+
+    return wrapper
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("RNNTUNE_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # rnntune relies on Optuna's heartbeat and retry APIs on purpose; their "experimental" label
+    # is not news to a user, so keep it out of the progress output.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def _explicit(name: str, config_file: str | None, **values: Any) -> dict[str, Any]:
+    """Explicit settings: the file's, overridden by CLI/env values that were given."""
+    explicit: dict[str, Any] = config_mod.read_file(config_file) if config_file else {}
+    if name != "default" or "name" not in explicit:
+        explicit["name"] = name
+    for k, v in values.items():
+        if v is not None:
+            explicit[k] = v
+    if "pruner" in values and values["pruner"] is not None:
+        explicit["pruner"] = {"type": values["pruner"]}
+    return explicit
+
+
+def _runtime(storage: str, artifacts: str, device: str, threads: int | None, hb: int, grace: int,
+             workers: int = 1) -> config_mod.Runtime:
+    cores = os.cpu_count() or 1
+    return config_mod.Runtime(
+        storage=storage, artifacts=artifacts, device=device,
+        threads=threads or max(1, cores // max(1, workers)),
+        heartbeat_interval=hb, grace_period=grace,
+    )
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="rnntune")
+def main() -> None:
+    """rnntune: tune RNN, GRU and LSTM fairly on a shared, resumable study database."""
+    _setup_logging()
+
+
+# -- init ------------------------------------------------------------------------------------
+@main.command(context_settings=CONTEXT)
+@storage_option
+@experiment_option
+@experiment_config_options
+@handle_errors
+def init(storage: str, experiment: str, config_file: str | None, **opts: Any) -> None:
+    """Create or upgrade the schema and register the experiment (idempotent).
+
+    Example: rnntune init --storage postgresql://rnntune@db/rnntune --trials 30
+    """
+    from rnntune.experiment import register
+    from rnntune.storage import mask_url, open_optuna_storage
+
+    st = open_optuna_storage(storage, create_tables=True)
+    exp, created = register(st, _explicit(experiment, config_file, **opts))
+    verb = "registered" if created else "already registered (unchanged)"
+    click.echo(f"experiment {exp.name!r} {verb} in {mask_url(storage)}: "
+               f"{len(exp.config.families)} families x {exp.config.trials} trials, "
+               f"{exp.config.repeats} repeats, data {exp.config.data} "
+               f"({exp.data_fingerprint[:19]})")
+
+
+# -- run -------------------------------------------------------------------------------------
+@main.command(context_settings=CONTEXT)
+@storage_option
+@experiment_option
+@experiment_config_options
+@runtime_options
+@click.option("--workers", type=int, envvar="RNNTUNE_WORKERS", default=2, show_default=True,
+              help="Local worker processes.")
+@click.option("--out", envvar="RNNTUNE_OUT", default="reports", show_default=True,
+              type=click.Path(file_okay=False), help="Directory for report.md/.json/.html.")
+@handle_errors
+def run(storage: str, experiment: str, config_file: str | None, artifacts: str, device: str,
+        threads: int | None, heartbeat_interval: int, grace_period: int, workers: int, out: str,
+        **opts: Any) -> None:
+    """Init if needed, tune all families, run the evaluation repeats, write the report.
+
+    Interrupted at any moment, the same command continues where it stopped.
+
+    Example: rnntune run --trials 10 --repeats 10
+    """
+    from rnntune import progress as progress_mod
+    from rnntune.experiment import register
+    from rnntune.runner import finalize, run_workers, summary_table
+    from rnntune.storage import mask_url, open_optuna_storage
+
+    if workers < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--workers")
+    rt = _runtime(storage, artifacts, device, threads, heartbeat_interval, grace_period, workers)
+    st = open_optuna_storage(storage, create_tables=True)
+    exp, created = register(st, _explicit(experiment, config_file, **opts))
+    cfg = exp.config
+    click.echo(f"{'registered' if created else 'resuming'} experiment {cfg.name!r} in "
+               f"{mask_url(storage)}: {'/'.join(cfg.families)} x {cfg.trials} trials, "
+               f"{cfg.repeats} repeats, data {cfg.data}")
+    start = time.monotonic()
+    prog = progress_mod.read(st, exp)
+    report_md = Path(out) / "report.md"
+    if prog.done and exp.report_path and Path(exp.report_path).exists():
+        click.echo(f"experiment {cfg.name!r} is already finished; nothing to do. "
+                   f"Report: {exp.report_path}")
+        return
+    if not prog.done:
+        run_workers(st, storage, exp, rt, workers, opts.get("data"), click.echo)
+    report, paths = finalize(st, exp, out, artifacts, device=rt.device)
+    click.echo("")
+    click.echo(summary_table(report))
+    click.echo(f"report: {paths['md']} (also {paths['json']}, {paths['html']}); "
+               f"{time.monotonic() - start:.0f}s")
+    del report_md
+
+
+# -- worker ----------------------------------------------------------------------------------
+@main.command(context_settings=CONTEXT)
+@storage_option
+@experiment_option
+@runtime_options
+@click.option("--data", envvar="RNNTUNE_DATA",
+              help="Where this worker finds the experiment's data, if not at the registered "
+                   "path (the fingerprint must still match).")
+@handle_errors
+def worker(storage: str, experiment: str, artifacts: str, device: str, threads: int | None,
+           heartbeat_interval: int, grace_period: int, data: str | None) -> None:
+    """Pull trials, then evaluation repeats, until the experiment is done (stateless).
+
+    SIGTERM stops it within seconds: the trial in hand is handed back and resumes elsewhere.
+
+    Example: RNNTUNE_STORAGE=postgresql://rnntune@db/rnntune rnntune worker
+    """
+    from rnntune.worker import Worker
+
+    rt = _runtime(storage, artifacts, device, threads or 1, heartbeat_interval, grace_period)
+    w = Worker(storage, experiment, rt, data_override=data,
+               on_event=lambda m: logging.getLogger("rnntune.worker").info("%s", m))
+    summary = w.run()
+    state = "stopped" if summary.stopped else "finished: nothing left to do"
+    click.echo(f"worker {summary.worker_id} {state} ({summary.trials} trials, "
+               f"{summary.repeats} repeats)", err=True)
+
+
+# -- evaluate --------------------------------------------------------------------------------
+@main.command(context_settings=CONTEXT)
+@storage_option
+@experiment_option
+@runtime_options
+@click.option("--out", envvar="RNNTUNE_OUT", default="reports", show_default=True,
+              type=click.Path(file_okay=False), help="Directory for report.md/.json/.html.")
+@click.option("--data", envvar="RNNTUNE_DATA", help="The experiment's data at this host's path.")
+@handle_errors
+def evaluate(storage: str, experiment: str, artifacts: str, device: str, threads: int | None,
+             heartbeat_interval: int, grace_period: int, out: str, data: str | None) -> None:
+    """The final job: wait for tuning, work on repeats, wait for the rest, export the report.
+
+    Example: rnntune evaluate --storage postgresql://rnntune@db/rnntune --out reports
+    """
+    from rnntune.runner import finalize, summary_table
+    from rnntune.worker import Worker
+
+    rt = _runtime(storage, artifacts, device, threads, heartbeat_interval, grace_period)
+    w = Worker(storage, experiment, rt, data_override=data, evaluate_only=True,
+               on_event=lambda m: logging.getLogger("rnntune.evaluate").info("%s", m))
+    summary = w.run()
+    if not summary.finished:
+        raise RnntuneError("evaluation stopped before the end: rerun `rnntune evaluate` to "
+                           "continue")
+    report, paths = finalize(w.storage, w.exp, out, artifacts, device=w.runtime.device)
+    click.echo(summary_table(report))
+    click.echo(f"report: {paths['md']} (also {paths['json']}, {paths['html']})")
+
+
+# -- report ----------------------------------------------------------------------------------
+@main.command(context_settings=CONTEXT)
+@storage_option
+@experiment_option
+@click.option("--format", "fmt", type=click.Choice(["md", "html", "json", "csv"]), default="md",
+              show_default=True, envvar="RNNTUNE_FORMAT")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Write to this file (Markdown puts its plots beside it) [default: stdout].")
+@handle_errors
+def report(storage: str, experiment: str, fmt: str, out: str | None) -> None:
+    """Export the report of an experiment, finished or not (an unfinished one says what is
+    missing).
+
+    Example: rnntune report --format html --out reports/report.html
+    """
+    from rnntune.experiment import find_or_raise_by_name
+    from rnntune.report import build_report, render, write
+    from rnntune.storage import open_optuna_storage
+
+    st = open_optuna_storage(storage, read_only=True)
+    exp = find_or_raise_by_name(st.engine, experiment)
+    rep = build_report(st, exp)
+    if out:
+        path = write(rep, fmt, out)
+        click.echo(f"wrote {path}", err=True)
+    else:
+        click.echo(render(rep, fmt), nl=False)
+
+
+# -- status ----------------------------------------------------------------------------------
+@main.command(context_settings=CONTEXT)
+@storage_option
+@experiment_option
+@click.option("--watch", is_flag=True, help="Refresh until the experiment is done.")
+@click.option("--interval", type=float, default=2.0, show_default=True,
+              help="Seconds between refreshes with --watch.")
+@handle_errors
+def status(storage: str, experiment: str, watch: bool, interval: float) -> None:
+    """Trials by state against the budget, best values, repeats done, workers alive.
+
+    Example: rnntune status --watch
+    """
+    from rnntune import progress as progress_mod
+    from rnntune.experiment import find_or_raise_by_name
+    from rnntune.storage import open_optuna_storage
+
+    st = open_optuna_storage(storage, read_only=True)
+    exp = find_or_raise_by_name(st.engine, experiment)
+    while True:
+        p = progress_mod.read(st, exp)
+        text = progress_mod.table(p)
+        if watch and sys.stdout.isatty():
+            click.clear()
+        click.echo(text)
+        if not watch or p.done:
+            return
+        click.echo("")
+        time.sleep(interval)
+
+
+# -- dashboard -------------------------------------------------------------------------------
+@main.command(context_settings=CONTEXT)
+@storage_option
+@click.option("--artifacts", envvar="RNNTUNE_ARTIFACTS", default="rnntune-artifacts",
+              show_default=True, help="The artifact directory the workers share.")
+@click.option("--host", envvar="RNNTUNE_DASHBOARD_HOST", default="127.0.0.1", show_default=True,
+              help="Interface to bind. optuna-dashboard has no authentication: keep it local.")
+@click.option("--port", type=int, envvar="RNNTUNE_DASHBOARD_PORT", default=8080,
+              show_default=True)
+@handle_errors
+def dashboard(storage: str, artifacts: str, host: str, port: int) -> None:
+    """Serve optuna-dashboard on the same storage and artifact store (read-only).
+
+    Example: rnntune dashboard --port 8080
+    """
+    from rnntune.dashboard import serve
+
+    click.echo(f"optuna-dashboard on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
+    serve(storage, artifacts, host=host, port=port)

@@ -1,0 +1,161 @@
+"""Build the report dict (the one structure every renderer reads) from the study database."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import warnings
+from datetime import datetime
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from rnntune import __version__, evaluation, tuning
+from rnntune.experiment import Experiment
+from rnntune.report import stats
+from rnntune.storage import load_study, mask_url
+
+log = logging.getLogger(__name__)
+
+
+def build_report(storage: Any, exp: Experiment, device: str = "cpu") -> dict[str, Any]:
+    """Everything the renderers show, with numbers only from stored rows and trials."""
+    cfg = exp.config
+    engine = storage.engine
+    runs = evaluation.runs(engine, exp)
+    families: dict[str, Any] = {}
+    missing: list[str] = []
+    for family in cfg.families:
+        study = load_study(storage, cfg.study_name(family))
+        trials = study.get_trials(deepcopy=False)
+        counts = tuning.count_trials(study)
+        best = tuning.best_trial(study)
+        fam_runs = [r for r in runs if r.family == family]
+        repeats = [
+            {
+                "repeat": r.repeat,
+                "seed": r.seed,
+                "status": r.status,
+                "metrics": r.metrics or {},
+                "confusion_matrix": r.confusion_matrix,
+                "classification_report": r.classification_report or "",
+                "epochs_trained": r.epochs_trained,
+                "train_seconds": r.train_seconds,
+            }
+            for r in fam_runs
+        ]
+        done = [r for r in fam_runs if r.status == "done"]
+        if counts.finished < cfg.trials and not tuning.gave_up(cfg, counts):
+            missing.append(f"{family}: {counts.finished}/{cfg.trials} tuning trials finished")
+        if len(done) < cfg.repeats:
+            missing.append(f"{family}: {len(done)}/{cfg.repeats} evaluation repeats done")
+        families[family] = {
+            "study_name": study.study_name,
+            "best_params": dict(best.params) if best else None,
+            "best_value": best.value if best else None,
+            "best_trial": best.number if best else None,
+            "trials": counts.as_dict(),
+            "history": [
+                {
+                    "number": t.number,
+                    "state": t.state.name,
+                    "value": t.value,
+                    "params": t.params,
+                    "duration_s": t.duration.total_seconds() if t.duration else None,
+                    "datetime_complete": _iso(t.datetime_complete),
+                }
+                for t in trials
+            ],
+            "importances": _importances(study),
+            "tuning_seconds": _seconds_of_trials(trials),
+            "evaluation_seconds": {
+                "wall": _span([r.started_at for r in done], [r.finished_at for r in done]),
+                "compute": round(sum(r.train_seconds or 0.0 for r in done), 3),
+            },
+            "repeats": repeats,
+            "summary": stats.summarize_repeats(repeats),
+        }
+    metric = "macro_f1"
+    comparison = stats.compare_families(families, metric=metric)
+    ranking = [
+        {"family": f, "rank": i + 1, "macro_f1_mean": summary["mean"]}
+        for i, (f, summary) in enumerate(stats.ranked_families(families, metric))
+    ]
+    return {
+        "experiment": {
+            "name": cfg.name,
+            "created_at": _iso(exp.created_at),
+            "storage": mask_url(str(engine.url)),
+            "data": {
+                "spec": cfg.data,
+                "fingerprint": exp.data_fingerprint,
+                "splits": exp.data_summary.get("splits", {}),
+                "shape": exp.data_summary.get("shape"),
+            },
+            "search_space": cfg.search_space,
+            "trials": cfg.trials,
+            "repeats": cfg.repeats,
+            "max_epochs": cfg.max_epochs,
+            "patience": cfg.patience,
+            "objective": cfg.objective,
+            "pruner": cfg.pruner.describe(),
+            "seed": cfg.seed,
+            "split_seed": cfg.split_seed,
+            "repeat_seeds": [cfg.repeat_seed(i) for i in range(cfg.repeats)],
+            "device": device,
+            "versions": _versions(),
+        },
+        "complete": not missing,
+        "missing": missing,
+        "families": families,
+        "ranking": ranking,
+        "comparison": comparison,
+        "verdict": stats.verdict(families, comparison, metric=metric),
+    }
+
+
+def _importances(study: optuna.Study) -> dict[str, float] | None:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 3:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            imp = optuna.importance.get_param_importances(study)
+        return {k: float(v) for k, v in imp.items()}
+    except (RuntimeError, ValueError) as e:  # e.g. a parameter with a single value
+        log.info("no importances for %s: %s", study.study_name, e)
+        return None
+
+
+def _seconds_of_trials(trials: list[optuna.trial.FrozenTrial]) -> dict[str, float]:
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    compute = sum(t.duration.total_seconds() for t in trials if t.duration)
+    return {"wall": _span(starts, ends), "compute": round(compute, 3)}
+
+
+def _span(starts: list[datetime | None], ends: list[datetime | None]) -> float:
+    s = [x for x in starts if x is not None]
+    e = [x for x in ends if x is not None]
+    if not s or not e:
+        return 0.0
+    return round(max(0.0, (max(e) - min(s)).total_seconds()), 3)
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.isoformat(timespec="seconds") if dt else None
+
+
+def _versions() -> dict[str, str]:
+    import sklearn
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "sklearn": sklearn.__version__,
+        "rnntune": __version__,
+    }

@@ -1,0 +1,40 @@
+"""The study database: URLs, engine, Optuna storage, rnntune's tables, locks and migrations."""
+
+from ._engine import (
+    MAX_OVERFLOW,
+    POOL_SIZE,
+    artifact_store,
+    engine_kwargs,
+    load_study,
+    open_optuna_storage,
+)
+from ._locks import exclusive
+from ._migrate import check_schema, current_revision, head_revision, upgrade
+from ._session import session_scope
+from ._tables import Base, EvaluationRunRow, ExperimentRow, WorkerRow, utcnow
+from ._url import DEFAULT_STORAGE, is_sqlite, mask_url, normalize_url, sqlite_path
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "MAX_OVERFLOW",
+    "POOL_SIZE",
+    "Base",
+    "EvaluationRunRow",
+    "ExperimentRow",
+    "WorkerRow",
+    "artifact_store",
+    "check_schema",
+    "current_revision",
+    "engine_kwargs",
+    "exclusive",
+    "head_revision",
+    "is_sqlite",
+    "load_study",
+    "mask_url",
+    "normalize_url",
+    "open_optuna_storage",
+    "session_scope",
+    "sqlite_path",
+    "upgrade",
+    "utcnow",
+]

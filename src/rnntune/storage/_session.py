@@ -1,0 +1,42 @@
+"""One session scope for rnntune's own tables (Optuna keeps its own)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from rnntune.exceptions import StorageError
+
+from ._url import mask_url
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """Commit on success, roll back on error, always close; database errors become StorageError."""
+    session = Session(bind=engine, expire_on_commit=False)
+    try:
+        yield session
+        session.commit()
+    except OperationalError as e:
+        session.rollback()
+        raise StorageError(
+            f"lost the study database at {mask_url(str(engine.url))} ({_first_line(e)}): "
+            "check that it is running and reachable, then rerun"
+        ) from e
+    except SQLAlchemyError:
+        session.rollback()
+        raise
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(getattr(e, "orig", None) or e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

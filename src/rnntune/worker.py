@@ -1,0 +1,379 @@
+"""The pull loop: a stateless worker that claims trials, then evaluation repeats, until done.
+
+A worker holds nothing that matters: the experiment comes from the database, each epoch's
+checkpoint goes to the shared artifact store, every result is a row. Killing it at any moment
+loses at most the epoch in progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import optuna
+from optuna.exceptions import StorageInternalError
+from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from rnntune import evaluation, tuning
+from rnntune.config import Runtime
+from rnntune.exceptions import Interrupted, StorageError
+from rnntune.experiment import Experiment, find_or_raise_by_name, load_data, verify_data
+from rnntune.storage import (
+    WorkerRow,
+    check_schema,
+    load_study,
+    mask_url,
+    open_optuna_storage,
+    session_scope,
+    utcnow,
+)
+from rnntune.train import resolve_device, set_threads
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Errors that mean "the database is away": wait and retry instead of failing work.
+TRANSIENT = (OperationalError, StorageInternalError, StorageError, PoolTimeoutError)
+
+
+def process_token(pid: int | str = "self") -> str | None:
+    """Boot id + process start time: tells a live process from a new one that reused its pid."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        start = stat.rsplit(")", 1)[1].split()[19]
+        return f"{boot}:{start}"
+    except (OSError, IndexError):
+        return None
+
+
+@dataclass
+class WorkerSummary:
+    worker_id: str
+    trials: int = 0
+    repeats: int = 0
+    stopped: bool = False
+    finished: bool = False
+    outcomes: list[Any] = field(default_factory=list)
+
+
+class Worker:
+    """One worker process. ``evaluate_only``: the final job, which waits for tuning instead."""
+
+    def __init__(
+        self,
+        storage_url: str,
+        experiment: str,
+        runtime: Runtime,
+        *,
+        data_override: str | None = None,
+        evaluate_only: bool = False,
+        max_outage: float = 600.0,
+        install_signal_handlers: bool = True,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self.storage_url = storage_url
+        self.experiment_name = experiment
+        self.runtime = runtime
+        self.data_override = data_override
+        self.evaluate_only = evaluate_only
+        self.max_outage = max_outage
+        self.on_event = on_event or (lambda msg: log.info("%s", msg))
+        self.hostname = socket.gethostname()
+        self.pid = os.getpid()
+        self.worker_id = f"{self.hostname}:{self.pid}:{uuid.uuid4().hex[:6]}"
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._current_trial: int | None = None
+        self._current_job: int | None = None
+        self._task = "starting"
+        self._hb_thread: threading.Thread | None = None
+        self._hb_stop = threading.Event()
+        self._summary = WorkerSummary(self.worker_id)
+        if install_signal_handlers:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+
+    # -- signals and stop ----------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if not self._stop.is_set():
+            self.on_event(f"received {signal.Signals(signum).name}: stopping after handing back "
+                          "the current work")
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def should_stop(self) -> bool:
+        return self._stop.is_set()
+
+    # -- database resilience -------------------------------------------------------------
+    def db_retry(self, fn: Callable[[], T]) -> T:
+        """Run ``fn``, waiting out a database outage with capped exponential backoff."""
+        delay, waited = 0.5, 0.0
+        while True:
+            try:
+                return fn()
+            except TRANSIENT as e:
+                if isinstance(e, StorageError) and "lost the study database" not in str(e):
+                    raise
+                if waited >= self.max_outage:
+                    raise StorageError(
+                        f"the study database at {mask_url(self.storage_url)} has been unreachable "
+                        f"for {waited:.0f}s: check the server, then restart the worker"
+                    ) from e
+                if self._stop.is_set() and waited >= 5:
+                    raise Interrupted("stopping while the database is unreachable") from e
+                if waited == 0:
+                    log.warning("database unreachable (%s); retrying", str(e).splitlines()[0])
+                time.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 10.0)
+
+    # -- heartbeat -------------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        # Optuna's own heartbeat thread dies on the first database error (optuna#4994); this one
+        # logs, keeps beating, and is restarted by the main loop should it ever exit.
+        failing = False
+        while not self._hb_stop.is_set():
+            try:
+                self._beat()
+                if failing:
+                    log.warning("heartbeat restored")
+                failing = False
+            except Exception as e:  # noqa: BLE001 - the heartbeat must outlive any DB error
+                if not failing:
+                    log.warning("heartbeat failed (%s); will retry", str(e).splitlines()[0])
+                failing = True
+            self._hb_stop.wait(self.runtime.heartbeat_interval)
+
+    def _beat(self) -> None:
+        with self._lock:
+            trial_id, job_id, task = self._current_trial, self._current_job, self._task
+        if trial_id is not None:
+            self.storage.record_heartbeat(trial_id)
+        if job_id is not None:
+            evaluation.heartbeat(self.engine, job_id, self.worker_id)
+        with session_scope(self.engine) as s:
+            s.execute(
+                update(WorkerRow)
+                .where(WorkerRow.id == self.worker_id)
+                .values(
+                    heartbeat_at=utcnow(),
+                    status="stopping" if self._stop.is_set() else "running",
+                    task=task,
+                    trials_done=self._summary.trials,
+                    repeats_done=self._summary.repeats,
+                )
+            )
+
+    def _ensure_heartbeat(self) -> None:
+        if self._hb_thread is None or not self._hb_thread.is_alive():
+            self._hb_thread = threading.Thread(
+                target=self._heartbeat_loop, name="rnntune-heartbeat", daemon=True
+            )
+            self._hb_thread.start()
+
+    def _set_task(self, task: str, trial_id: int | None = None, job_id: int | None = None) -> None:
+        with self._lock:
+            self._task, self._current_trial, self._current_job = task, trial_id, job_id
+
+    # -- liveness of other workers ---------------------------------------------------------
+    def dead_workers(self) -> set[str]:
+        """Workers on this host whose process is gone: their claims need no grace period."""
+        with session_scope(self.engine) as s:
+            rows = s.execute(
+                select(WorkerRow.id, WorkerRow.pid, WorkerRow.process_token).where(
+                    WorkerRow.experiment_id == self.exp.id,
+                    WorkerRow.hostname == self.hostname,
+                    WorkerRow.id != self.worker_id,
+                    # A worker that stopped cleanly handed its claims back; skip it.
+                    WorkerRow.status.in_(("starting", "running", "stopping")),
+                )
+            ).all()
+        dead = set()
+        for wid, pid, token in rows:
+            if token and process_token(pid) != token:
+                dead.add(wid)
+        return dead
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> WorkerSummary:
+        rt = self.runtime
+        # We drive trials with ask/tell and run our own supervised heartbeat (see _beat), which
+        # is exactly what this warning asks for.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        self.storage = self.db_retry(
+            lambda: open_optuna_storage(
+                self.storage_url,
+                read_only=True,
+                heartbeat_interval=rt.heartbeat_interval,
+                grace_period=rt.grace_period,
+            )
+        )
+        self.engine = self.storage.engine
+        self.db_retry(lambda: check_schema(self.engine))
+        self.exp: Experiment = self.db_retry(
+            lambda: find_or_raise_by_name(self.engine, self.experiment_name)
+        )
+        cfg = self.exp.config
+        device = str(resolve_device(rt.device))
+        self.runtime = rt = Runtime(**{**rt.__dict__, "device": device})
+        if device == "cpu":
+            set_threads(rt.threads)
+        loaded = load_data(cfg, self.data_override)
+        verify_data(self.exp, loaded)
+        self.splits = loaded.splits
+        self._register()
+        self._ensure_heartbeat()
+        seed = random.SystemRandom().randrange(2**31)
+        self.studies = {
+            f: self.db_retry(
+                lambda f=f: load_study(
+                    self.storage,
+                    cfg.study_name(f),
+                    sampler=tuning.make_sampler(cfg, seed + i),
+                    pruner=tuning.make_pruner(cfg),
+                )
+            )
+            for i, f in enumerate(cfg.families)
+        }
+        self._jobs_created: set[str] = set()
+        self.on_event(
+            f"worker {self.worker_id} on {mask_url(self.storage_url)}: experiment {cfg.name}, "
+            f"device {device}, {rt.threads} thread(s)"
+        )
+        try:
+            while not self._stop.is_set():
+                self._ensure_heartbeat()
+                if not self.db_retry(self._step):
+                    break
+        except Interrupted:
+            pass
+        finally:
+            self._summary.stopped = self._stop.is_set()
+            self._deregister()
+        return self._summary
+
+    def _step(self) -> bool:
+        """Do one unit of work. False when the experiment has nothing left for this worker."""
+        cfg = self.exp.config
+        dead = self.dead_workers()
+        counts = {f: tuning.count_trials(s) for f, s in self.studies.items()}
+        if not self.evaluate_only:
+            order = sorted(cfg.families, key=lambda f: (counts[f].live, random.random()))
+            for family in order:
+                if tuning.family_done(cfg, counts[family]):
+                    continue
+                trial = tuning.claim_trial(
+                    self.studies[family], cfg, self.worker_id, dead, self.runtime.grace_period,
+                    max_retry=3,
+                )
+                if trial is not None:
+                    self._run_trial(family, trial)
+                    return True
+        done_families = [f for f in cfg.families if tuning.family_done(cfg, counts[f])]
+        for family in done_families:
+            if family not in self._jobs_created:
+                best = tuning.best_trial(self.studies[family])
+                if best is not None:
+                    evaluation.ensure_jobs_safely(self.engine, self.exp, family, best.params)
+                    self._jobs_created.add(family)
+        job = evaluation.claim_job(
+            self.engine, self.exp, self.worker_id, self.runtime.grace_period, dead
+        )
+        if job is not None:
+            self._run_job(job)
+            return True
+        if len(done_families) == len(cfg.families) and evaluation.all_done(
+            self.engine, self.exp, sorted(self._jobs_created)
+        ):
+            self._summary.finished = True
+            return False
+        self._set_task("waiting")
+        self._stop.wait(self.runtime.poll_interval)
+        return True
+
+    def _run_trial(self, family: str, trial: optuna.Trial) -> None:
+        self._set_task(f"{family} trial {trial.number}", trial_id=trial._trial_id)
+        try:
+            outcome = tuning.run_trial(
+                self.studies[family], trial, family, self.exp.config, self.splits, self.runtime,
+                self.should_stop, self.db_retry,
+            )
+        finally:
+            self._set_task("idle")
+        self._summary.trials += 1
+        self._summary.outcomes.append(outcome)
+        value = "" if outcome.value is None else f" value={outcome.value:.4f}"
+        resumed = f" (resumed after epoch {outcome.resumed_from_epoch})" if (
+            outcome.resumed_from_epoch
+        ) else ""
+        self.on_event(f"{family} trial {outcome.number} {outcome.state.name.lower()}{value}"
+                      f"{resumed}")
+
+    def _run_job(self, job: evaluation.Job) -> None:
+        self._set_task(f"{job.family} repeat {job.repeat}", job_id=job.id)
+        try:
+            result = evaluation.run_job(job, self.exp, self.splits, self.runtime, self.should_stop)
+        except Interrupted:
+            self.db_retry(lambda: evaluation.release(self.engine, job, self.worker_id))
+            raise
+        except Exception as e:  # noqa: BLE001 - a failing repeat is recorded, not fatal
+            reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            log.error("%s repeat %d failed: %s", job.family, job.repeat, reason)
+            self.db_retry(lambda: evaluation.release(self.engine, job, self.worker_id, reason))
+            return
+        finally:
+            self._set_task("idle")
+        if self.db_retry(lambda: evaluation.complete(self.engine, job, self.worker_id, result)):
+            self._summary.repeats += 1
+            m = result["metrics"]
+            self.on_event(f"{job.family} repeat {job.repeat} done: accuracy={m['accuracy']:.4f} "
+                          f"macro_f1={m['macro_f1']:.4f}")
+        else:
+            log.warning("%s repeat %d was reclaimed by another worker; result dropped",
+                        job.family, job.repeat)
+
+    # -- registry ------------------------------------------------------------------------
+    def _register(self) -> None:
+        token = process_token() or f"{self.hostname}:{self.pid}:{time.time()}"
+
+        def _insert() -> None:
+            with session_scope(self.engine) as s:
+                s.add(WorkerRow(id=self.worker_id, experiment_id=self.exp.id,
+                                hostname=self.hostname, pid=self.pid, process_token=token,
+                                status="running", task="starting", trials_done=0,
+                                repeats_done=0))
+
+        self.db_retry(_insert)
+
+    def _deregister(self) -> None:
+        self._hb_stop.set()
+        if self._hb_thread is not None:
+            self._hb_thread.join(timeout=5)
+        try:
+            with session_scope(self.engine) as s:
+                s.execute(
+                    update(WorkerRow)
+                    .where(WorkerRow.id == self.worker_id)
+                    .values(status="stopped", stopped_at=utcnow(), task=None,
+                            trials_done=self._summary.trials,
+                            repeats_done=self._summary.repeats)
+                )
+        except Exception as e:  # noqa: BLE001 - the status row is informational
+            log.warning("could not mark worker stopped: %s", str(e).splitlines()[0])

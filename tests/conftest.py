@@ -24,7 +24,9 @@ TINY_DATA = "synthetic:n=400,length=16,features=3,seed=1"
 
 
 def _pg_admin():
-    return create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    return create_engine(
+        f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT", pool_pre_ping=True
+    )
 
 
 def pg_available() -> bool:

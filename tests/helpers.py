@@ -21,15 +21,27 @@ from rnntune.storage import open_optuna_storage
 FAST = ["--heartbeat-interval", "1", "--grace-period", "4"]
 
 
+_logs: dict[int, Path] = {}
+
+
 def start_worker(url: str, cwd: Path, *extra: str, command: str = "worker",
                  experiment: str = "default") -> subprocess.Popen[str]:
+    """A real worker process; its output goes to a file (a full pipe would block it)."""
     env = {**os.environ, "RNNTUNE_LOG_LEVEL": "INFO"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "rnntune", command, "--storage", url, "--experiment", experiment,
-         "--artifacts", str(cwd / "artifacts"), "--threads", "1", *FAST, *extra],
-        cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    log = cwd / f"{command}-{len(_logs)}-{time.monotonic_ns()}.log"
+    with log.open("w") as out:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "rnntune", command, "--storage", url, "--experiment",
+             experiment, "--artifacts", str(cwd / "artifacts"), "--threads", "1", *FAST, *extra],
+            cwd=cwd, env=env, text=True, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _logs[p.pid] = log
+    return p
+
+
+def output(p: subprocess.Popen[str]) -> str:
+    return _logs[p.pid].read_text()
 
 
 def kill(p: subprocess.Popen[str]) -> None:
@@ -40,16 +52,17 @@ def kill(p: subprocess.Popen[str]) -> None:
 
 def wait_all(procs: list[subprocess.Popen[str]], timeout: float) -> list[str]:
     deadline = time.monotonic() + timeout
-    outs = []
     for p in procs:
         try:
-            out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             for q in procs:
                 kill(q)
-            raise AssertionError("workers did not finish in time") from None
-        outs.append(out)
-    return outs
+            raise AssertionError(
+                "workers did not finish in time:\n" + "\n=====\n".join(
+                    output(q)[-2000:] for q in procs)
+            ) from None
+    return [output(p) for p in procs]
 
 
 def trials(url: str, family: str, experiment: str = "default") -> list[optuna.trial.FrozenTrial]:

@@ -20,6 +20,7 @@ from tests.helpers import (
     assert_exact,
     finished,
     kill,
+    output,
     start_worker,
     trials,
     wait_all,
@@ -82,7 +83,7 @@ def test_kill_storm(pg_url: str, tmp_path: Path) -> None:
         procs.append(start_worker(pg_url, tmp_path))
     assert kills >= 5, f"only {kills} kills landed mid-trial"
     outs = wait_all(procs, timeout=400)
-    assert all(p.returncode == 0 for p in procs), outs
+    assert all(p.returncode == 0 for p in procs), "\n=====\n".join(o[-3000:] for o in outs)
     res = assert_exact(pg_url, budget=6, repeats=2)
 
     resumed = 0
@@ -137,8 +138,8 @@ def test_sigterm_stops_within_10s_and_hands_the_trial_back(pg_url: str, tmp_path
              timeout=120, interval=0.2)
     t0 = time.monotonic()
     p.send_signal(signal.SIGTERM)
-    out, _ = p.communicate(timeout=15)
-    assert p.returncode == 0, out
+    p.wait(timeout=15)
+    assert p.returncode == 0, output(p)
     assert time.monotonic() - t0 < 10
     states = [t.state for f in ("rnn", "gru", "lstm") for t in trials(pg_url, f)]
     assert TrialState.RUNNING not in states

@@ -150,6 +150,10 @@ def gave_up(cfg: ExperimentConfig, counts: Counts) -> bool:
 
 def requeue(study: optuna.Study, frozen: FrozenTrial, max_retry: int) -> None:
     """Enqueue a retry of a failed trial: same parameters, its reported epochs inherited."""
+    # The retry inherits the failed trial's attributes; ours describe that attempt, not the retry.
+    frozen.system_attrs = {
+        k: v for k, v in frozen.system_attrs.items() if not k.startswith("rnntune:")
+    }
     RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)(
         study, frozen
     )
@@ -159,15 +163,16 @@ def fail_and_requeue(
     study: optuna.Study, trial_ids: list[int], reason: str, max_retry: int
 ) -> list[int]:
     """Fail RUNNING trials and enqueue their retries (call under the family lock)."""
-    storage = study._storage
+    storage = rdb(study)
     done = []
     for trial_id in trial_ids:
         try:
+            # The reason first: once FAIL, a trial can no longer be annotated.
+            storage.set_trial_system_attr(trial_id, REASON_ATTR, reason)
             if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
-            continue  # another worker failed it first: nothing left to do
-        storage.set_trial_system_attr(trial_id, REASON_ATTR, reason)
+            continue  # it finished, or another worker failed it first: nothing left to do
         requeue(study, storage.get_trial(trial_id), max_retry)
         done.append(trial_id)
     return done

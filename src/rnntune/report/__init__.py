@@ -5,12 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rnntune.report.collect import build_report
 from rnntune.report.render import to_csv, to_json, to_markdown
 
 FORMATS = ("md", "html", "json", "csv")
 
 __all__ = ["FORMATS", "build_report", "render", "to_csv", "to_json", "to_markdown", "write"]
+
+
+def build_report(storage: Any, exp: Any, device: str = "cpu") -> dict[str, Any]:
+    """Collect the report from the database (imported lazily: it pulls in torch)."""
+    from rnntune.report.collect import build_report as _build
+
+    return _build(storage, exp, device=device)
 
 
 def render(report: dict[str, Any], fmt: str) -> str:

@@ -1,0 +1,843 @@
+"""Render a report dict (see ``collect.py``) as JSON, CSV or Markdown.
+
+Markdown and HTML (``html.py``) must say the same things, so the content is laid out once, by
+:func:`build_document`, as a small tree of blocks (headings, paragraphs, tables, code, images,
+sections); each format only serialises that tree. Everything that exists is rendered even when
+the report is incomplete: a family without repeats or without a best trial says so instead of
+failing.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import math
+import pathlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeGuard
+
+import numpy as np
+
+from rnntune.report.plots import plot_alt  # matplotlib itself is imported only to draw
+from rnntune.report.stats import (
+    FAMILY_ORDER,
+    compare_families,
+    display_family,
+    display_metric,
+    family_values,
+    family_verdict,
+    ranked_families,
+    summarize,
+    verdict,
+)
+
+__all__ = ["build_document", "to_csv", "to_json", "to_markdown"]
+
+# The flat metrics of train.classification_metrics: always CSV columns, so the header is the
+# same for a half-finished report as for a finished one.
+KNOWN_METRICS = (
+    "accuracy",
+    "roc_auc",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "weighted_precision",
+    "weighted_recall",
+    "weighted_f1",
+    "normal_precision",
+    "normal_recall",
+    "normal_f1",
+    "normal_support",
+    "abnormal_precision",
+    "abnormal_recall",
+    "abnormal_f1",
+    "abnormal_support",
+)
+_CSV_FIXED = ("family", "repeat", "seed", "status", "epochs_trained", "train_seconds")
+_HEADLINE_METRICS = ("macro_f1", "accuracy", "weighted_f1", "roc_auc")
+# A table cell that reads as a number: "0.81 ± 0.01", "+0.03", "[0.1, 0.2]", "< 0.0001", "29.0%".
+_NUMERIC = re.compile(r"^[-+−\[<]?\s*\d")
+
+
+# --------------------------------------------------------------------------- JSON and CSV
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types; non-finite floats become None (JSON has no NaN or Infinity)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, _dt.datetime | _dt.date):
+        return value.isoformat()
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    return value
+
+
+def to_json(report: Mapping[str, Any]) -> str:
+    """The report as indented JSON; NaN and infinities are written as ``null``."""
+    # allow_nan=False: anything non-finite left over is a bug here, not invalid JSON out there.
+    return json.dumps(_jsonable(report), indent=2, allow_nan=False)
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    """A real number (int, float or numpy scalar), not a bool."""
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return ""
+    return value
+
+
+def _ordered_families(families: Mapping[str, Any]) -> list[str]:
+    return sorted(
+        families,
+        key=lambda f: (FAMILY_ORDER.index(f) if f in FAMILY_ORDER else len(FAMILY_ORDER), f),
+    )
+
+
+def to_csv(report: Mapping[str, Any]) -> str:
+    """One row per (family, repeat): identity, status, training cost, then every metric.
+
+    Columns: family, repeat, seed, status, epochs_trained, train_seconds, then the metric names
+    sorted (the known ones always, plus any other numeric metric present). Floats are written
+    at full precision; missing or non-finite values are empty cells.
+    """
+    families = report.get("families") or {}
+    repeats = [
+        (name, r)
+        for name in _ordered_families(families)
+        for r in sorted(families[name].get("repeats") or [], key=lambda r: r.get("repeat", 0))
+    ]
+    extra = {k for _, r in repeats for k, v in (r.get("metrics") or {}).items() if _is_number(v)}
+    metrics = sorted(set(KNOWN_METRICS) | extra)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*_CSV_FIXED, *metrics])
+    for name, r in repeats:
+        row = [name] + [_csv_value(r.get(col)) for col in _CSV_FIXED[1:]]
+        row += [_csv_value((r.get("metrics") or {}).get(m)) for m in metrics]
+        writer.writerow(row)
+    return out.getvalue()
+
+
+# --------------------------------------------------------------------------- document model
+
+
+@dataclass(frozen=True)
+class Heading:
+    level: int
+    text: str
+    anchor: str | None = None
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    """A paragraph; ``label`` is shown in bold before the text, ``role`` styles it in HTML."""
+
+    text: str
+    label: str | None = None
+    role: str | None = None
+    anchor: str | None = None
+
+
+@dataclass(frozen=True)
+class BulletList:
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    kind: str = ""  # extra HTML class, e.g. "ledger"; every table also has class "metrics"
+    row_header: bool = True  # the first column labels the row
+
+    def numeric_columns(self) -> tuple[bool, ...]:
+        """Per column: are all its filled cells numbers (to be right-aligned)?"""
+        flags = []
+        for i in range(len(self.header)):
+            cells = [row[i] for row in self.rows if i < len(row) and row[i] not in ("", "n/a")]
+            flags.append(bool(cells) and all(_NUMERIC.match(c) for c in cells))
+        return tuple(flags)
+
+
+@dataclass(frozen=True)
+class Code:
+    title: str
+    text: str
+
+
+@dataclass(frozen=True)
+class CodeGroup:
+    """Several titled code blocks shown side by side in HTML (the per-repeat reports)."""
+
+    items: tuple[Code, ...]
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str  # the plot name from plots.make_plots; each renderer resolves its source
+    alt: str
+
+
+@dataclass(frozen=True)
+class Section:
+    role: str
+    children: tuple[Block, ...]
+    family: str | None = None
+    anchor: str | None = None
+
+
+Block = Heading | Paragraph | BulletList | Table | Code | CodeGroup | Image | Section
+
+
+@dataclass
+class _Doc:
+    blocks: list[Block] = field(default_factory=list)
+
+    def add(self, *blocks: Block) -> None:
+        self.blocks.extend(blocks)
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _num(value: Any, fmt: str = ".4f") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if _is_number(value):
+        return format(float(value), fmt)
+    return str(value)
+
+
+def _pm(summary: Mapping[str, Any] | None, fmt: str = ".4f") -> str:
+    """``0.8123 ± 0.0100`` (mean ± sample std); ``n/a`` without values."""
+    if not summary or not summary.get("n"):
+        return "n/a"
+    return f"{_num(summary['mean'], fmt)} ± {_num(summary['std'], fmt)}"
+
+
+def _ci(summary: Mapping[str, Any] | None, fmt: str = ".4f") -> str:
+    if not summary or not summary.get("n"):
+        return "n/a"
+    lo, hi = summary["ci95"]
+    return f"[{_num(lo, fmt)}, {_num(hi, fmt)}]"
+
+
+def _pm_ci(summary: Mapping[str, Any]) -> str:
+    """``0.8123 ± 0.0100 [0.8051, 0.8195]``; ``n/a`` without values."""
+    return f"{_pm(summary)} {_ci(summary)}" if summary.get("n") else "n/a"
+
+
+def _seconds(value: Any) -> str:
+    return _num(value, ".1f")
+
+
+def _p(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return "< 0.0001" if value < 0.0001 else f"{value:.4f}"
+
+
+def _short(value: Any) -> Any:
+    """Floats to 4 significant digits for the best-parameter line (full values are in JSON)."""
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.4g}")
+    return value
+
+
+def best_params_line(family: str, params: Mapping[str, Any] | None) -> str:
+    """``GRU - Best hyperparameters found by Optuna: {...}``, the original study's wording."""
+    prefix = f"{display_family(family)} - Best hyperparameters found by Optuna:"
+    if params is None:
+        return f"{prefix} none yet (no trial has completed)"
+    shown = {k: _short(v) for k, v in params.items()}
+    return f"{prefix} {shown!r}"
+
+
+# --------------------------------------------------------------------------- document sections
+
+
+def _experiment(exp: Mapping[str, Any]) -> list[Block]:
+    data = exp.get("data") or {}
+    versions = exp.get("versions") or {}
+    shape = data.get("shape")
+    rows = [
+        ("Name", exp.get("name")),
+        ("Created", exp.get("created_at")),
+        ("Storage", exp.get("storage")),
+        ("Data spec", data.get("spec")),
+        ("Data fingerprint", data.get("fingerprint")),
+        ("Data shape (N × T × F)", " × ".join(str(s) for s in shape) if shape else None),
+        ("Objective (validation)", exp.get("objective")),
+        ("Trials per family", exp.get("trials")),
+        ("Evaluation repeats", exp.get("repeats")),
+        ("Max epochs", exp.get("max_epochs")),
+        ("Early-stopping patience", exp.get("patience")),
+        ("Pruner", exp.get("pruner")),
+        ("Seed", exp.get("seed")),
+        ("Split seed", exp.get("split_seed")),
+        ("Repeat seeds", ", ".join(str(s) for s in exp.get("repeat_seeds") or []) or None),
+        ("Device", exp.get("device")),
+        ("Versions", ", ".join(f"{k} {v}" for k, v in versions.items()) or None),
+    ]
+    blocks: list[Block] = [
+        Heading(2, "Experiment", "experiment"),
+        Table(
+            ("Setting", "Value"),
+            tuple((k, "n/a" if v is None else str(v)) for k, v in rows),
+            kind="experiment",
+        ),
+    ]
+    splits = data.get("splits") or {}
+    if splits:
+        split_rows = []
+        for split in ("train", "val", "test"):
+            s = splits.get(split)
+            if not s:
+                continue
+            n = s.get("n") or 0
+            share = f"{s.get('abnormal', 0) / n:.1%}" if n else "n/a"
+            split_rows.append(
+                (split, str(n), str(s.get("normal", "n/a")), str(s.get("abnormal", "n/a")), share)
+            )
+        blocks += [
+            Heading(3, "Data splits", "splits"),
+            Table(
+                ("Split", "n", "Normal", "Abnormal", "Abnormal share"),
+                tuple(split_rows),
+                kind="splits",
+            ),
+        ]
+    space = exp.get("search_space") or {}
+    if space:
+        blocks += [
+            Heading(3, "Search space", "search-space"),
+            Table(
+                ("Hyperparameter", "Type", "Values"),
+                tuple(
+                    (name, str(d.get("type", "?")), _space_values(d)) for name, d in space.items()
+                ),
+                kind="search-space",
+            ),
+        ]
+    return blocks
+
+
+def _space_values(dist: Mapping[str, Any]) -> str:
+    if dist.get("type") == "categorical":
+        return ", ".join(repr(c) for c in dist.get("choices") or [])
+    text = f"[{dist.get('low')}, {dist.get('high')}]"
+    step = dist.get("step")
+    if step is not None and not (dist.get("type") == "int" and step == 1):
+        text += f", step {step}"
+    if dist.get("log"):
+        text += ", log scale"
+    return text
+
+
+def _tuning(report: Mapping[str, Any], names: Sequence[str]) -> list[Block]:
+    families = report["families"]
+    objective = (report.get("experiment") or {}).get("objective", "objective")
+    blocks: list[Block] = [Heading(2, "Tuning", "tuning")]
+    blocks += [
+        Paragraph(best_params_line(f, families[f].get("best_params")), role="best-params")
+        for f in names
+    ]
+    rows = []
+    for f in names:
+        fam = families[f]
+        trials = fam.get("trials") or {}
+        rows.append(
+            (
+                display_family(f),
+                str(fam.get("study_name") or "n/a"),
+                *(
+                    str(trials.get(k, 0))
+                    for k in ("complete", "pruned", "fail", "running", "waiting")
+                ),
+                str(fam.get("best_trial")) if fam.get("best_trial") is not None else "n/a",
+                _num(fam.get("best_value")),
+            )
+        )
+    blocks.append(
+        Table(
+            (
+                "Family",
+                "Study",
+                "Complete",
+                "Pruned",
+                "Failed",
+                "Running",
+                "Waiting",
+                "Best trial",
+                f"Best validation {display_metric(str(objective))}",
+            ),
+            tuple(rows),
+            kind="tuning",
+        )
+    )
+    return blocks
+
+
+def _ledger(report: Mapping[str, Any], names: Sequence[str]) -> list[Block]:
+    families = report["families"]
+    rows = []
+    totals: dict[str, float] = {}
+    for f in names:
+        fam = families[f]
+        tune = fam.get("tuning_seconds") or {}
+        ev = fam.get("evaluation_seconds") or {}
+        compute = [v for v in (tune.get("compute"), ev.get("compute")) if _is_number(v)]
+        total = float(sum(compute)) if compute else math.nan
+        if compute:
+            totals[f] = total
+        done = sum(1 for r in fam.get("repeats") or [] if r.get("status") == "done")
+        trials = sum((fam.get("trials") or {}).get(k, 0) for k in ("complete", "pruned", "fail"))
+        rows.append(
+            (
+                display_family(f),
+                _seconds(tune.get("wall")),
+                _seconds(tune.get("compute")),
+                _seconds(ev.get("wall")),
+                _seconds(ev.get("compute")),
+                _seconds(total),
+                str(trials),
+                str(done),
+            )
+        )
+    blocks: list[Block] = [
+        Heading(2, "Fairness ledger", "ledger"),
+        Paragraph(
+            "Seconds each family spent, side by side: wall is elapsed time, compute is the sum "
+            "over trials and repeats (across all workers)."
+        ),
+        Table(
+            (
+                "Family",
+                "Tuning wall (s)",
+                "Tuning compute (s)",
+                "Evaluation wall (s)",
+                "Evaluation compute (s)",
+                "Total compute (s)",
+                "Trials finished",
+                "Repeats done",
+            ),
+            tuple(rows),
+            kind="ledger",
+        ),
+    ]
+    positive = {f: t for f, t in totals.items() if t > 0}
+    if len(positive) >= 2:
+        lo = min(positive, key=positive.__getitem__)
+        hi = max(positive, key=positive.__getitem__)
+        if positive[hi] == positive[lo]:
+            text = f"Total compute is the same for every family: {positive[lo]:.1f} s."
+        else:
+            text = (
+                f"Total compute ranges from {positive[lo]:.1f} s ({display_family(lo)}) to "
+                f"{positive[hi]:.1f} s ({display_family(hi)}), a ratio of "
+                f"{positive[hi] / positive[lo]:.2f}×."
+            )
+        blocks.append(Paragraph(text, role="note"))
+    return blocks
+
+
+def _ranking(report: Mapping[str, Any], metric: str) -> list[Block]:
+    families = report["families"]
+    summaries = dict(ranked_families(families, metric))
+    given = [r for r in report.get("ranking") or [] if r.get("family") in summaries]
+    order = (
+        [(int(r.get("rank", i + 1)), r["family"]) for i, r in enumerate(given)]
+        if given
+        else [(i + 1, f) for i, f in enumerate(summaries)]
+    )
+    rows = tuple(
+        (
+            str(rank),
+            display_family(f),
+            _pm(summaries[f]),
+            _ci(summaries[f]),
+            str(summaries[f]["n"]),
+        )
+        for rank, f in order
+    )
+    label = display_metric(metric)
+    if not rows:
+        return [
+            Heading(3, "Ranking", "ranking"),
+            Paragraph("No family has finished repeats yet."),
+        ]
+    return [
+        Heading(3, "Ranking", "ranking"),
+        Table(
+            ("Rank", "Family", f"Test {label} (mean ± std)", "95% CI of the mean", "Repeats"),
+            rows,
+            kind="ranking",
+            row_header=False,
+        ),
+    ]
+
+
+def _metric_summary(report: Mapping[str, Any], names: Sequence[str]) -> list[Block]:
+    families = report["families"]
+    summaries = {
+        f: {m: summarize(family_values(families[f], m).values()) for m in _HEADLINE_METRICS}
+        for f in names
+    }
+    with_data = [f for f in names if any(s["n"] for s in summaries[f].values())]
+    if not with_data:
+        return []
+    rows = tuple(
+        (
+            display_metric(m),
+            *(_pm_ci(summaries[f][m]) for f in with_data),
+        )
+        for m in _HEADLINE_METRICS
+    )
+    return [
+        Heading(3, "Test metrics", "test-metrics"),
+        Paragraph(
+            "Mean ± sample std over the finished repeats, with the t-based 95% CI of the mean."
+        ),
+        Table(("Metric", *(display_family(f) for f in with_data)), rows, kind="summary"),
+    ]
+
+
+def _join_families(families: Sequence[str]) -> str:
+    return ", ".join(display_family(f) for f in families)
+
+
+def _comparison(comparison: Mapping[str, Any]) -> list[Block]:
+    pairs = comparison.get("pairs") or []
+    metric = comparison.get("metric", "macro_f1")
+    alpha = comparison.get("alpha", 0.05)
+    blocks: list[Block] = [Heading(3, "Paired comparison", "comparison")]
+    if not pairs:
+        blocks.append(
+            Paragraph("Fewer than two families have finished repeats: nothing to compare.")
+        )
+        return blocks
+    blocks.append(
+        Paragraph(
+            f"Test {display_metric(metric)} per repeat, paired by repeat index (repeat i has "
+            f"the same seed in every family). Test: {comparison.get('test', 'Wilcoxon')}; "
+            f"significant means Holm-adjusted p ≤ {alpha:g}. Effect sizes: matched-pairs "
+            "rank-biserial r and Cohen's d_z (mean difference / sd of the differences)."
+        )
+    )
+    rows = []
+    for p in pairs:
+        rows.append(
+            (
+                f"{display_family(p['a'])} − {display_family(p['b'])}",
+                str(p.get("n_pairs", "n/a")),
+                _num(p.get("mean_diff"), "+.4f"),
+                _ci({"n": p.get("n_pairs"), "ci95": p.get("diff_ci95") or [None, None]}),
+                _num(p.get("statistic"), "g"),
+                _p(p.get("p_value")),
+                _p(p.get("p_holm")),
+                _num(p.get("rank_biserial"), "+.3f"),
+                _num(p.get("cohens_dz"), "+.3f"),
+                "yes" if p.get("significant") else "no",
+            )
+        )
+    blocks.append(
+        Table(
+            (
+                "Pair (a − b)",
+                "n",
+                "Mean diff",
+                "95% CI",
+                "W",
+                "p",
+                "Holm p",
+                "Rank-biserial r",
+                "Cohen's d_z",
+                f"Significant (α={alpha:g})",
+            ),
+            tuple(rows),
+            kind="comparison",
+        )
+    )
+    friedman = comparison.get("friedman")
+    if friedman:
+        blocks.append(
+            Paragraph(
+                f"{_join_families(friedman['families'])} "
+                f"over {friedman['n_blocks']} repeats: χ² = {_num(friedman['statistic'], '.3f')}, "
+                f"p = {_p(friedman['p_value'])}.",
+                label="Friedman test:",
+            )
+        )
+    note = comparison.get("min_detectable_note")
+    if note:
+        too_few = bool(comparison.get("too_few_repeats"))
+        blocks.append(
+            Paragraph(
+                note, label="Warning:" if too_few else None, role="warning" if too_few else "note"
+            )
+        )
+    return blocks
+
+
+_CLASS_ROWS = (
+    ("Normal", "normal"),
+    ("Abnormal", "abnormal"),
+    ("accuracy", None),
+    ("macro avg", "macro"),
+    ("weighted avg", "weighted"),
+)
+
+
+def _report_table(fam: Mapping[str, Any]) -> Table:
+    """Mean ± std of each cell of sklearn's classification report over the finished repeats."""
+
+    def s(metric: str) -> dict[str, Any]:
+        return summarize(family_values(fam, metric).values())
+
+    normal, abnormal = family_values(fam, "normal_support"), family_values(fam, "abnormal_support")
+    total = summarize(normal[r] + abnormal[r] for r in sorted(set(normal) & set(abnormal)))
+    rows = []
+    for label, prefix in _CLASS_ROWS:
+        if prefix is None:
+            rows.append((label, "", "", _pm(s("accuracy")), _pm(total, ".1f")))
+            continue
+        support = s(f"{prefix}_support") if prefix in ("normal", "abnormal") else total
+        rows.append(
+            (
+                label,
+                _pm(s(f"{prefix}_precision")),
+                _pm(s(f"{prefix}_recall")),
+                _pm(s(f"{prefix}_f1")),
+                _pm(support, ".1f"),
+            )
+        )
+    return Table(
+        ("", "precision", "recall", "f1-score", "support"), tuple(rows), kind="class-report"
+    )
+
+
+def _repeat_title(family: str, r: Mapping[str, Any]) -> str:
+    parts = [f"seed {r.get('seed', 'n/a')}"]
+    if r.get("epochs_trained") is not None:
+        parts.append(f"{r['epochs_trained']} epochs")
+    if _is_number(r.get("train_seconds")):
+        parts.append(f"{float(r['train_seconds']):.1f} s")
+    if r.get("status") != "done":
+        parts.append(f"status {r.get('status')}")
+    return f"{display_family(family)} repeat {r.get('repeat', '?')} ({', '.join(parts)})"
+
+
+def _no_report(repeat: Mapping[str, Any]) -> str:
+    if repeat.get("status") == "done":
+        return "(no classification report was recorded)"
+    return f"(no classification report yet: status {repeat.get('status')})"
+
+
+def _family_section(
+    report: Mapping[str, Any],
+    family: str,
+    comparison: Mapping[str, Any],
+    metric: str,
+    alpha: float,
+    plots: set[str],
+) -> Section:
+    fam = report["families"][family]
+    name = display_family(family)
+    children: list[Block] = [
+        Heading(2, f"{name} ({fam.get('study_name') or 'no study yet'})", f"family-{family}"),
+        Paragraph(best_params_line(family, fam.get("best_params")), role="best-params"),
+        Paragraph(
+            family_verdict(family, report["families"], comparison, metric, alpha),
+            role="family-verdict",
+        ),
+    ]
+    repeats = sorted(fam.get("repeats") or [], key=lambda r: r.get("repeat", 0))
+    done = [r for r in repeats if r.get("status") == "done"]
+    if done:
+        auc = summarize(family_values(fam, "roc_auc").values())
+        children += [
+            Heading(
+                3,
+                f"{name}: mean ± std over {len(done)} repeat{'s' if len(done) != 1 else ''}",
+                f"family-{family}-mean",
+            ),
+            _report_table(fam),
+            Paragraph(
+                f"{_pm(auc)} (95% CI {_ci(auc)}, n={auc['n']})",
+                label="ROC AUC:",
+                role="auc",
+            ),
+        ]
+    else:
+        children.append(
+            Paragraph(f"{name} has no finished evaluation repeats yet.", role="warning")
+        )
+    for plot in (f"history_{family}", f"importances_{family}"):
+        if plot in plots:
+            children.append(Image(plot, plot_alt(plot)))
+    if repeats:
+        children += [
+            Heading(3, f"{name}: classification report per repeat", f"family-{family}-repeats"),
+            CodeGroup(
+                tuple(
+                    Code(
+                        _repeat_title(family, r),
+                        r.get("classification_report") or _no_report(r),
+                    )
+                    for r in repeats
+                )
+            ),
+        ]
+    return Section("family", tuple(children), family=family, anchor=f"section-{family}")
+
+
+def _comparison_of(report: Mapping[str, Any]) -> tuple[dict[str, Any], str, float]:
+    """The report's comparison, or one computed here if the report carries none."""
+    comparison = report.get("comparison") or {}
+    if "pairs" not in comparison:
+        comparison = compare_families(report.get("families") or {})
+    return dict(comparison), comparison.get("metric", "macro_f1"), comparison.get("alpha", 0.05)
+
+
+def build_document(report: Mapping[str, Any], plots: Sequence[str] = ()) -> list[Block]:
+    """Lay out the report as blocks; ``plots`` names the plots available to embed or link."""
+    families = report.get("families") or {}
+    names = _ordered_families(families)
+    comparison, metric, alpha = _comparison_of(report)
+    sentence = report.get("verdict") or verdict(families, comparison, metric, alpha)
+    exp = report.get("experiment") or {}
+    available = set(plots)
+    placed: set[str] = set()
+
+    doc = _Doc()
+    doc.add(Heading(1, f"rnntune report: {exp.get('name', 'experiment')}", "top"))
+    if not report.get("complete", True):
+        missing = tuple(str(m) for m in report.get("missing") or []) or ("(not specified)",)
+        doc.add(
+            Section(
+                "incomplete",
+                (
+                    Heading(2, "Incomplete", "incomplete"),
+                    Paragraph(
+                        "This experiment is not finished: the following is still missing. "
+                        "Everything finished so far is shown below."
+                    ),
+                    BulletList(missing),
+                ),
+                anchor="incomplete-section",
+            )
+        )
+    doc.add(Paragraph(sentence, label="Verdict:", role="verdict", anchor="verdict"))
+    doc.add(*_experiment(exp))
+    doc.add(*_tuning(report, names))
+    doc.add(*_ledger(report, names))
+    doc.add(Heading(2, "Results on the test set", "results"))
+    doc.add(*_ranking(report, metric))
+    doc.add(*_metric_summary(report, names))
+    for plot in ("test_metrics", "confusion_matrices"):
+        if plot in available:
+            doc.add(Image(plot, plot_alt(plot)))
+            placed.add(plot)
+    doc.add(*_comparison(comparison))
+    doc.add(Paragraph(sentence, label="Verdict:", role="verdict-repeat"))
+    for f in names:
+        section = _family_section(report, f, comparison, metric, alpha, available)
+        placed |= {b.name for b in section.children if isinstance(b, Image)}
+        doc.add(section)
+    others = [p for p in plots if p not in placed]
+    if others:
+        doc.add(Heading(2, "Other plots", "other-plots"), *(Image(p, plot_alt(p)) for p in others))
+    return doc.blocks
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+_MD_TAG = re.compile(r"<(?=[A-Za-z/!?])")
+
+
+def _md_text(text: str) -> str:
+    """Text from the report, safe in Markdown: a ``<`` that could open raw HTML is escaped."""
+    return _MD_TAG.sub(r"\\<", text)
+
+
+def _md_cell(text: str) -> str:
+    return _md_text(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_align(table: Table) -> str:
+    """Right-align the columns whose cells are all numbers, left-align the rest."""
+    return "|" + "|".join("---:" if num else "---" for num in table.numeric_columns()) + "|"
+
+
+def _md_fence(text: str) -> str:
+    fence = "```"
+    while fence in text:
+        fence += "`"
+    return fence
+
+
+def _md_block(block: Block, plot_files: Mapping[str, str]) -> list[str]:
+    if isinstance(block, Heading):
+        return ["#" * block.level + " " + _md_text(block.text), ""]
+    if isinstance(block, Paragraph):
+        prefix = f"**{block.label}** " if block.label else ""
+        return [f"{prefix}{_md_text(block.text)}", ""]
+    if isinstance(block, BulletList):
+        return [*(f"- {_md_text(item)}" for item in block.items), ""]
+    if isinstance(block, Table):
+        lines = [
+            "| " + " | ".join(_md_cell(h) for h in block.header) + " |",
+            _md_align(block),
+        ]
+        lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
+        return [*lines, ""]
+    if isinstance(block, Code):
+        fence = _md_fence(block.text)
+        return [f"**{block.title}**", "", fence, block.text.rstrip("\n"), fence, ""]
+    if isinstance(block, CodeGroup):
+        return [line for item in block.items for line in _md_block(item, plot_files)]
+    if isinstance(block, Image):
+        path = plot_files.get(block.name)
+        if path is None:
+            return []
+        target = pathlib.PurePath(path).as_posix()
+        if " " in target:  # CommonMark: a destination with spaces must be in <...>
+            target = f"<{target}>"
+        return [f"![{block.alt}]({target})", ""]
+    if isinstance(block, Section):
+        return [line for child in block.children for line in _md_block(child, plot_files)]
+    raise TypeError(f"unknown block {block!r}")
+
+
+def to_markdown(report: Mapping[str, Any], plot_files: Mapping[str, str] | None = None) -> str:
+    """The report as Markdown (GitHub flavour).
+
+    ``plot_files`` maps plot names (from ``plots.make_plots``) to image paths; they are linked
+    as written, so pass paths relative to where the Markdown file will live.
+    """
+    plot_files = dict(plot_files or {})
+    lines: list[str] = []
+    for block in build_document(report, list(plot_files)):
+        lines += _md_block(block, plot_files)
+    return "\n".join(lines).rstrip("\n") + "\n"

@@ -250,7 +250,8 @@ def worker(storage: str, experiment: str, artifacts: str, device: str, threads: 
     summary = w.run()
     state = "stopped" if summary.stopped else "finished: nothing left to do"
     click.echo(f"worker {summary.worker_id} {state} ({summary.trials} trials, "
-               f"{summary.repeats} repeats)", err=True)
+               f"{summary.repeats} repeats; storage {100 * summary.storage_share:.2f}% of "
+               f"trial time)", err=True)
 
 
 # -- evaluate --------------------------------------------------------------------------------

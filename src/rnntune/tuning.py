@@ -20,10 +20,11 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import (
@@ -38,9 +39,11 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from rnntune.config import ExperimentConfig, Runtime
 from rnntune.exceptions import Interrupted, TrainingError
-from rnntune.models import ModelConfig
 from rnntune.storage import exclusive
-from rnntune.train import EpochResult, FitResult, TrainConfig, fit
+
+if TYPE_CHECKING:  # torch is imported only where a model is trained
+    from rnntune.models import ModelConfig
+    from rnntune.train import EpochResult, FitResult, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +248,9 @@ def model_and_train_config(
     family: str, params: dict[str, Any], cfg: ExperimentConfig, n_features: int, seed: int,
     device: str,
 ) -> tuple[ModelConfig, TrainConfig]:
+    from rnntune.models import ModelConfig
+    from rnntune.train import TrainConfig
+
     model_cfg = ModelConfig(
         cell=family,
         input_size=n_features,
@@ -271,6 +277,7 @@ class TrialOutcome:
     value: float | None
     epochs_this_run: list[int]
     resumed_from_epoch: int
+    fit_seconds: float = 0.0  # time inside the training loop (incl. checkpoint writes)
 
 
 def run_trial(
@@ -305,6 +312,9 @@ def run_trial(
         db_retry(lambda: trial.report(r.val_metric, r.epoch))
         if db_retry(trial.should_prune):
             raise optuna.TrialPruned(f"pruned at epoch {r.epoch}")
+    from rnntune.train import fit
+
+    t0 = time.perf_counter()
     try:
         result: FitResult = fit(
             model_cfg, train_cfg, splits.X_train, splits.y_train, splits.X_val, splits.y_val,
@@ -320,7 +330,8 @@ def run_trial(
         _remove(ckpt)
         last = frozen.intermediate_values[epochs_done[-1]] if epochs_done else None
         resumed = epochs[0] - 1 if epochs else 0
-        return TrialOutcome(trial.number, TrialState.PRUNED, last, epochs, resumed)
+        return TrialOutcome(trial.number, TrialState.PRUNED, last, epochs, resumed,
+                            time.perf_counter() - t0)
     except Interrupted:
         with exclusive(rdb(study).engine, f"rnntune:claim:{study.study_name}"):
             fail_and_requeue(study, [trial._trial_id], "worker stopped (SIGTERM)", max_retry=10)
@@ -332,7 +343,9 @@ def run_trial(
         _record(trial, db_retry, {"fail_reason": reason, "epochs_this_run": epochs})
         db_retry(lambda: _tell(study, trial, TrialState.FAIL))
         _remove(ckpt)
-        return TrialOutcome(trial.number, TrialState.FAIL, None, epochs, 0)
+        return TrialOutcome(trial.number, TrialState.FAIL, None, epochs, 0,
+                            time.perf_counter() - t0)
+    fit_seconds = time.perf_counter() - t0
     _record(
         trial,
         db_retry,
@@ -352,7 +365,8 @@ def run_trial(
     db_retry(lambda: _tell(study, trial, TrialState.COMPLETE, value))
     _remove(ckpt)
     return TrialOutcome(
-        trial.number, TrialState.COMPLETE, value, result.epochs_this_run, result.resumed_from_epoch
+        trial.number, TrialState.COMPLETE, value, result.epochs_this_run,
+        result.resumed_from_epoch, fit_seconds,
     )
 
 

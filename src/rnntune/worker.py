@@ -69,6 +69,15 @@ class WorkerSummary:
     stopped: bool = False
     finished: bool = False
     outcomes: list[Any] = field(default_factory=list)
+    trial_seconds: float = 0.0  # claim to tell, per trial, summed
+    fit_seconds: float = 0.0  # of which inside the training loop
+
+    @property
+    def storage_share(self) -> float:
+        """Share of trial time spent outside training: claiming, reporting, telling."""
+        if self.trial_seconds <= 0:
+            return 0.0
+        return max(0.0, self.trial_seconds - self.fit_seconds) / self.trial_seconds
 
 
 class Worker:
@@ -279,12 +288,14 @@ class Worker:
             for family in order:
                 if tuning.family_done(cfg, counts[family]):
                     continue
+                t0 = time.perf_counter()
                 trial = tuning.claim_trial(
                     self.studies[family], cfg, self.worker_id, dead, self.runtime.grace_period,
                     max_retry=3,
                 )
                 if trial is not None:
                     self._run_trial(family, trial)
+                    self._summary.trial_seconds += time.perf_counter() - t0
                     return True
         done_families = [f for f in cfg.families if tuning.family_done(cfg, counts[f])]
         for family in done_families:
@@ -318,6 +329,7 @@ class Worker:
         finally:
             self._set_task("idle")
         self._summary.trials += 1
+        self._summary.fit_seconds += outcome.fit_seconds
         self._summary.outcomes.append(outcome)
         value = "" if outcome.value is None else f" value={outcome.value:.4f}"
         resumed = f" (resumed after epoch {outcome.resumed_from_epoch})" if (

@@ -2,8 +2,10 @@
 
 Connection economy (DESIGN.md): one engine per process. Optuna's scoped session, rnntune's
 session scope, the claim lock and the supervised heartbeat thread all draw on the same pool of
-``POOL_SIZE`` connections plus ``MAX_OVERFLOW``: at most 3 PostgreSQL connections a process, 2 of
-them kept open while idle. 32 workers therefore hold at most 96 and typically 64 connections.
+``POOL_SIZE`` connection plus ``MAX_OVERFLOW``: at most 3 PostgreSQL connections a process (the
+claim lock + the claim itself + a heartbeat at the same moment), 1 kept open while idle.
+benchmarks/many_workers.py measured a peak of 59 for 32 workers in a worst case where all of
+them queue on the claim lock at once.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from ._url import is_sqlite, mask_url, normalize_url, sqlite_path
 
 log = logging.getLogger(__name__)
 
-POOL_SIZE = 2
-MAX_OVERFLOW = 1
+POOL_SIZE = 1
+MAX_OVERFLOW = 2
 SQLITE_BUSY_TIMEOUT_S = 120
 # A trial that went stale this many times (its worker died each time) is failed for good.
 MAX_RETRY = 3

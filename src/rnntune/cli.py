@@ -210,7 +210,6 @@ def run(storage: str, experiment: str, config_file: str | None, artifacts: str, 
                f"{cfg.repeats} repeats, data {cfg.data}")
     start = time.monotonic()
     prog = progress_mod.read(st, exp)
-    report_md = Path(out) / "report.md"
     if prog.done and exp.report_path and Path(exp.report_path).exists():
         click.echo(f"experiment {cfg.name!r} is already finished; nothing to do. "
                    f"Report: {exp.report_path}")
@@ -222,7 +221,6 @@ def run(storage: str, experiment: str, config_file: str | None, artifacts: str, 
     click.echo(summary_table(report))
     click.echo(f"report: {paths['md']} (also {paths['json']}, {paths['html']}); "
                f"{time.monotonic() - start:.0f}s")
-    del report_md
 
 
 # -- worker ----------------------------------------------------------------------------------

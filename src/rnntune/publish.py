@@ -7,15 +7,17 @@ a Markdown note with the family's verdict (``optuna_dashboard.save_note``).
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.artifacts import get_all_artifact_meta, upload_artifact
-from optuna_dashboard import save_note
+from optuna.artifacts import upload_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna_dashboard import save_note  # type: ignore[import-untyped]
 
 from rnntune.experiment import Experiment
 from rnntune.report import stats
@@ -24,8 +26,16 @@ from rnntune.storage import artifact_store, load_study
 
 log = logging.getLogger(__name__)
 
-MIMETYPES = {".html": "text/html", ".png": "image/png", ".json": "application/json",
-             ".md": "text/markdown"}
+MIMETYPES = {
+    ".html": "text/html",
+    ".png": "image/png",
+    ".json": "application/json",
+    ".md": "text/markdown",
+}
+SUMMARY_METRICS = ("accuracy", "macro_f1", "weighted_f1", "roc_auc")
+# Where optuna.artifacts.upload_artifact keeps a study artifact's metadata (study system attr
+# ``artifacts:<id>``, JSON); optuna-dashboard reads the same keys.
+ARTIFACTS_ATTR_PREFIX = "artifacts:"
 
 
 def publish(
@@ -38,57 +48,124 @@ def publish(
     comparison = report.get("comparison") or {}
     for family in exp.config.families:
         study = load_study(storage, exp.config.study_name(family))
-        _upload_new(study, store, files)
+        _upload_new(storage, study, store, files)
         fam = report["families"][family]
-        summary = {m: s.get("mean") for m, s in fam["summary"].items()
-                   if m in ("accuracy", "macro_f1", "weighted_f1", "roc_auc")}
-        study.set_user_attr("evaluation_summary", json.loads(json.dumps(summary)))
-        study.set_user_attr("evaluation_repeats_done",
-                            sum(1 for r in fam["repeats"] if r["status"] == "done"))
+        # NaN (a family without a finished repeat) is not JSON: the dashboard would choke on it.
+        summary = {
+            m: (mean if _finite(mean := fam["summary"][m].get("mean")) else None)
+            for m in SUMMARY_METRICS
+            if m in fam["summary"]
+        }
+        study.set_user_attr("evaluation_summary", summary)
+        study.set_user_attr(
+            "evaluation_repeats_done", sum(1 for r in fam["repeats"] if r["status"] == "done")
+        )
         rank = next((r["rank"] for r in report["ranking"] if r["family"] == family), None)
         study.set_user_attr("evaluation_rank", rank)
         save_note(study, _note(family, report, comparison))
 
 
-def _upload_new(study: optuna.Study, store: Any, files: list[Path]) -> None:
-    """Upload each file once: a rerun of the final job does not pile up copies."""
-    have = {(m.filename, m.artifact_id) for m in get_all_artifact_meta(study)}
-    digests = {a for _f, a in have}
+def _upload_new(storage: Any, study: optuna.Study, store: Any, files: list[Path]) -> None:
+    """Attach each file to ``study`` once, under its own name, with the latest content.
+
+    A rerun of the final job (``rnntune evaluate`` again) must not pile up a second
+    ``report.html``: a file already attached is rewritten in place under its artifact id when its
+    content changed, and left alone when it did not.
+    """
+    attached: dict[str, list[str]] = {}
+    for meta in _attached(storage, study):
+        attached.setdefault(meta["filename"], []).append(meta["artifact_id"])
     for f in files:
         if not f.exists():
             continue
-        digest = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
-        # The content hash is kept in the study's user attrs, keyed by file name.
-        key = f"artifact_sha:{f.name}"
-        if study.user_attrs.get(key) == digest and any(n == f.name for n, _a in have):
+        body = f.read_bytes()
+        ids = attached.get(f.name)
+        if not ids:
+            upload_artifact(
+                artifact_store=store,
+                file_path=str(f),
+                study_or_trial=study,
+                mimetype=MIMETYPES.get(f.suffix, "application/octet-stream"),
+            )
             continue
-        artifact_id = upload_artifact(
-            artifact_store=store, file_path=str(f), study_or_trial=study,
-            mimetype=MIMETYPES.get(f.suffix, "application/octet-stream"),
-        )
-        digests.add(artifact_id)
-        study.set_user_attr(key, digest)
+        # Normally one id; more only if two final jobs raced on a first upload.
+        for artifact_id in ids:
+            if _stored_bytes(store, artifact_id) != body:
+                store.write(artifact_id, io.BytesIO(body))
+
+
+def _attached(storage: Any, study: optuna.Study) -> list[dict[str, Any]]:
+    """The study's artifact metadata, as the dashboard reads it.
+
+    Not ``optuna.artifacts.get_all_artifact_meta``: optuna-dashboard deletes an artifact by
+    setting its ``artifacts:<id>`` system attr to JSON ``null`` (RDBStorage cannot drop an attr),
+    which that function fails on (TypeError). Skipping the nulls, as the dashboard does, lets a
+    report deleted by hand in the dashboard simply be uploaded again.
+    """
+    attrs = storage.get_study_system_attrs(storage.get_study_id_from_name(study.study_name))
+    metas = [json.loads(v) for k, v in attrs.items() if k.startswith(ARTIFACTS_ATTR_PREFIX)]
+    return [m for m in metas if m is not None]
+
+
+def _stored_bytes(store: Any, artifact_id: str) -> bytes | None:
+    try:
+        with store.open_reader(artifact_id) as r:
+            return bytes(r.read())
+    except ArtifactNotFound:  # the blob was removed by hand: write it again
+        return None
 
 
 def _note(family: str, report: dict[str, Any], comparison: dict[str, Any]) -> str:
+    """The study's Markdown note: the family's verdict, its numbers, and the overall verdict."""
     fam = report["families"][family]
     s = fam["summary"]
     name = stats.display_family(family)
-    lines = [f"## {name}: evaluation", "", stats.family_verdict(family, report["families"],
-                                                               comparison), ""]
+    # The same metric and alpha as the report, so the note and report.html say the same thing.
+    metric = comparison.get("metric", "macro_f1")
+    alpha = comparison.get("alpha", 0.05)
+    lines = [
+        f"## {name}: evaluation",
+        "",
+        stats.family_verdict(family, report["families"], comparison, metric, alpha),
+        "",
+    ]
     if fam["best_params"] is not None:
-        lines.append(f"**Best hyperparameters found by Optuna:** `{fam['best_params']}` "
-                     f"(validation {report['experiment']['objective']} "
-                     f"{fam['best_value']:.4f}, trial {fam['best_trial']})")
+        objective = stats.display_metric(report["experiment"]["objective"])
+        best = f" {fam['best_value']:.4f}" if fam.get("best_value") is not None else ""
+        lines += [
+            f"**Best hyperparameters found by Optuna** (trial {fam['best_trial']}, "
+            f"validation {objective}{best}):",
+            "",
+        ]
+        lines += [f"- `{k}` = `{_short(v)}`" for k, v in fam["best_params"].items()]
         lines.append("")
-    lines.append("| metric | mean ± std | 95% CI |")
-    lines.append("|---|---|---|")
-    for metric in ("accuracy", "macro_f1", "weighted_f1", "roc_auc"):
-        m = s.get(metric)
-        if m:
-            lines.append(f"| {metric} | {m['mean']:.4f} ± {m['std']:.4f} | "
-                         f"[{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}] |")
-    lines += ["", f"**Overall:** {report['verdict']}", "",
-              "The full report (report.html) and its plots are attached as artifacts of this "
-              "study."]
+    n = max((m.get("n", 0) for m in s.values()), default=0)
+    lines += [
+        f"**Test metrics over {n} repeats:**",
+        "",
+        "| metric | mean ± std | 95% CI |",
+        "|---|---|---|",
+    ]
+    for key in SUMMARY_METRICS:
+        m = s.get(key)
+        if m and _finite(m["mean"]):
+            lines.append(
+                f"| {stats.display_metric(key)} | {m['mean']:.4f} ± {m['std']:.4f} | "
+                f"[{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}] |"
+            )
+    lines += [
+        "",
+        f"**Overall:** {report['verdict']}",
+        "",
+        "The full report (`report.html`, self-contained: open it in a browser) and its plots are "
+        "listed under **Study Artifacts** on this study's main page.",
+    ]
     return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)

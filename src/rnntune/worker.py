@@ -113,6 +113,7 @@ class Worker:
         self._hb_thread: threading.Thread | None = None
         self._hb_stop = threading.Event()
         self._summary = WorkerSummary(self.worker_id)
+        self._last_wait_note = 0.0
         if install_signal_handlers:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
@@ -316,6 +317,14 @@ class Worker:
             self._summary.finished = True
             return False
         self._set_task("waiting")
+        if self.evaluate_only and time.monotonic() - self._last_wait_note > 30:
+            self._last_wait_note = time.monotonic()
+            waiting = ", ".join(
+                f"{f} {counts[f].finished}/{cfg.trials}" for f in cfg.families
+                if not tuning.family_done(cfg, counts[f])
+            )
+            self.on_event(f"waiting for tuning ({waiting} trials finished) and for other "
+                          "workers' repeats; start `rnntune worker`s if none are running")
         self._stop.wait(self.runtime.poll_interval)
         return True
 

@@ -1,0 +1,63 @@
+"""The recurrent classifier compared across families: one model, the cell type is a parameter.
+
+Pure torch: no I/O, no Optuna, no database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rnntune.exceptions import ConfigError
+
+__all__ = ["FAMILIES", "ModelConfig", "RecurrentClassifier"]
+
+FAMILIES = ("rnn", "gru", "lstm")
+
+_CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a :class:`RecurrentClassifier`; validated on construction."""
+
+    cell: str
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    dropout: float = 0.0
+    num_classes: int = 2
+
+    def __post_init__(self) -> None:
+        if self.cell not in FAMILIES:
+            raise ConfigError(f"unknown cell {self.cell!r}; use one of {', '.join(FAMILIES)}")
+        for name in ("input_size", "hidden_size", "num_layers", "num_classes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"model {name} must be a positive integer, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model dropout must be in [0, 1), got {self.dropout!r}")
+
+
+class RecurrentClassifier(nn.Module):
+    """``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` over the sequence, a linear head on the last step."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.rnn = _CELLS[config.cell](
+            input_size=config.input_size,
+            hidden_size=config.hidden_size,
+            num_layers=config.num_layers,
+            batch_first=True,
+            # torch applies dropout between stacked layers only, and warns if it has none.
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
+        self.head = nn.Linear(config.hidden_size, config.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, num_classes)`` for sequences ``x`` of shape ``(B, T, F)``."""
+        h = self.rnn(x)[0][:, -1]  # (B, H): last time step of the top layer
+        return self.head(h)  # (B, C)

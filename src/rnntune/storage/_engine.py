@@ -81,7 +81,9 @@ def open_optuna_storage(
             grace_period=grace_period,
             heartbeat_stale_trial_callback=callback,
         )
-    except (SQLAlchemyError, RuntimeError) as e:
+    except (SQLAlchemyError, RuntimeError, optuna.exceptions.StorageInternalError) as e:
+        # StorageInternalError: Optuna's wrapper of a failed first query, e.g. a read-only open of
+        # a database that has no tables yet.
         raise StorageError(
             f"cannot open the study database at {mask_url(url)} ({_short(e)}): check the URL and "
             "that the server is running; a new database needs `rnntune init` first"

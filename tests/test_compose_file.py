@@ -1,0 +1,466 @@
+"""The Compose stack, checked without Docker: schema, structure, secrets, documented variables.
+
+Each check is a function returning the problems it finds, so the tests below run it on the real
+files (no problems) and on a broken copy (the problem is found): a check that cannot fail is no
+check. The full stack runs for real in tests/compose/smoke.sh (pytest -m compose).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT.parent / "shared" / "compose-spec" / "compose-spec.json"
+COMPOSE = ROOT / "docker-compose.yml"
+GPU = ROOT / "docker-compose.gpu.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+ENTRYPOINT = ROOT / "worker" / "entrypoint.sh"
+GPU_SLOTS = "/var/lib/rnntune/gpu-slots"
+
+# ${VAR}, ${VAR:-default}, ${VAR:?error}; `$${...}` is an escaped literal for the container.
+VAR_REF = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
+ENV_LINE = re.compile(r"^\s*#?\s*([A-Za-z_][A-Za-z0-9_]*)=", re.M)
+# The whole value is one interpolation of a variable, e.g. ${POSTGRES_PASSWORD:?set it}.
+INTERPOLATION = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(?:[:]?[-?][^}]*)?\}$")
+URL_PASSWORD = re.compile(r"://[^:/@\s]+:(?P<password>[^@\s]*)@")
+
+Doc = dict[str, Any]
+
+
+def load(path: Path) -> Doc:
+    with path.open(encoding="utf-8") as f:
+        doc = yaml.safe_load(f)  # resolves the file's anchors and << merge keys
+    assert isinstance(doc, dict), f"{path.name} is not a YAML mapping"
+    return doc
+
+
+def strings(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """Every (path, string) in the document, keys included as path segments."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from strings(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from strings(value, f"{path}[{i}]")
+    elif isinstance(node, str):
+        yield path, node
+
+
+def seconds(duration: str | int) -> float:
+    """A Compose duration ('1m30s', '30s', 10) in seconds."""
+    if isinstance(duration, int):
+        return float(duration)
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"bad duration {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def env_list(environment: Any) -> dict[str, str]:
+    if isinstance(environment, list):
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in environment)
+    return {k: "" if v is None else str(v) for k, v in (environment or {}).items()}
+
+
+def default_of(value: str) -> str:
+    """The default of a ``${VAR:-default}`` value, or the value itself."""
+    m = re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?-([^}]*)\}", value)
+    return m.group(1) if m else value
+
+
+# -- checks ------------------------------------------------------------------------------------
+
+
+def schema_problems(doc: Doc) -> list[str]:
+    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft7Validator(schema)
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in validator.iter_errors(doc)
+    ]
+
+
+def structure_problems(doc: Doc) -> list[str]:
+    problems = []
+    services = doc.get("services", {})
+    if "version" in doc:
+        problems.append("the obsolete `version:` key is present")
+    for name in ("db", "init", "worker", "evaluate", "dashboard"):
+        if name not in services:
+            problems.append(f"service {name!r} is missing")
+    if problems:
+        return problems
+
+    db = services["db"]
+    if not re.fullmatch(r"postgres:(15|17)", default_of(db.get("image", ""))):
+        problems.append(f"db image {db.get('image')!r} is not postgres:15 or postgres:17")
+    test = db.get("healthcheck", {}).get("test", [])
+    if "pg_isready" not in " ".join(test if isinstance(test, list) else [test]):
+        problems.append("db has no pg_isready healthcheck")
+    if db.get("ports"):
+        problems.append("db publishes a port by default")
+    if not any(str(v).endswith(":/var/lib/postgresql/data") for v in db.get("volumes", [])):
+        problems.append("db keeps its data outside a volume")
+    named = set(doc.get("volumes") or {})
+    for volume in db.get("volumes", []):
+        source = str(volume).split(":", 1)[0]
+        if source not in named:
+            problems.append(f"db volume {source!r} is not a named volume")
+
+    def depends(service: str, on: str, condition: str) -> None:
+        got = services[service].get("depends_on", {})
+        if not isinstance(got, dict) or got.get(on, {}).get("condition") != condition:
+            problems.append(f"{service} does not depend on {on} with condition {condition}")
+
+    depends("init", "db", "service_healthy")
+    for name in ("worker", "evaluate", "dashboard"):
+        depends(name, "init", "service_completed_successfully")
+        # Also on db directly: `stop` stops a service's dependents first, and init has exited,
+        # so without it the database goes down beside the workers' graceful stop.
+        depends(name, "db", "service_healthy")
+
+    worker = services["worker"]
+    if "container_name" in worker:
+        problems.append("worker has a container_name: --scale cannot work")
+    if worker.get("ports"):
+        problems.append("worker publishes ports: --scale cannot work")
+    # A worker exits 0 when the study is done: it must then stay down, not loop.
+    if not str(worker.get("restart", "")).startswith("on-failure"):
+        problems.append(f"worker restart policy {worker.get('restart')!r} is not on-failure")
+    if worker.get("init") is not True:
+        problems.append("worker has no init: a SIGTERM during its startup would be ignored")
+    if seconds(worker.get("stop_grace_period", "10s")) <= 10:
+        problems.append("worker stop_grace_period is not longer than its 10 s graceful stop")
+    if "build" not in worker or "worker/Dockerfile" not in str(worker["build"]):
+        problems.append("worker is not built from worker/Dockerfile")
+    for name in ("init", "worker", "evaluate"):
+        command = services[name].get("command")
+        word = command[0] if isinstance(command, list) else str(command).split()[0]
+        if word != {"init": "init", "worker": "worker", "evaluate": "evaluate"}[name]:
+            problems.append(f"{name} does not run `rnntune {name}`")
+
+    def mounts(service: str) -> dict[str, str]:
+        out = {}
+        for v in services[service].get("volumes", []):
+            # ${RNNTUNE_DATA_DIR:-./data}:/data:ro: the interpolation holds a colon of its own.
+            parts = re.sub(r"\$\{[^}]*\}", "VAR", str(v)).split(":")
+            out[parts[1]] = v
+        return out
+
+    for name in ("worker", "evaluate", "dashboard"):
+        artifacts = mounts(name).get("/artifacts", "")
+        if not artifacts.startswith("artifacts:"):
+            problems.append(f"{name} does not mount the shared artifacts volume")
+    for name in ("worker", "evaluate"):
+        if not mounts(name).get("/data", "").endswith(":ro"):
+            problems.append(f"{name} does not mount the user's data read-only at /data")
+    reports = mounts("evaluate").get("/reports", "")
+    if not reports or reports.startswith(tuple(f"{n}:" for n in named)):
+        problems.append("evaluate does not bind-mount a host reports directory")
+
+    for port in services["dashboard"].get("ports", []) or ["<none>"]:
+        if not str(port).startswith("127.0.0.1:"):
+            problems.append(f"dashboard port {port!r} is not published on 127.0.0.1 only")
+    for name, service in services.items():
+        if name != "dashboard" and service.get("ports"):
+            problems.append(f"{name} publishes ports")
+    return problems
+
+
+def secret_problems(doc: Doc, text: str) -> list[str]:
+    problems = []
+    for path, value in strings(doc):
+        key = path.rsplit(".", 1)[-1]
+        if "PASSWORD" in key.upper() and not INTERPOLATION.match(value):
+            problems.append(f"{path} is a literal, not ${{...}} from .env")
+        for m in URL_PASSWORD.finditer(value):
+            if not INTERPOLATION.match(m.group("password")):
+                problems.append(f"{path} has a literal password in its URL")
+    # Anything the YAML parse could hide (e.g. a commented-out example).
+    for m in re.finditer(r"^[\s#-]*[A-Za-z_]*PASSWORD\s*[:=]\s*(\S+)", text, re.M):
+        if not m.group(1).strip("\"'").startswith("${"):
+            problems.append(f"literal password in the text: {m.group(0)!r}")
+    return problems
+
+
+def undocumented(texts: list[str], env_example: str) -> list[str]:
+    documented = set(ENV_LINE.findall(env_example))
+    used = {name for text in texts for name in VAR_REF.findall(text)}
+    return sorted(used - documented)
+
+
+def gpu_problems(doc: Doc) -> list[str]:
+    problems = []
+    worker = doc.get("services", {}).get("worker", {})
+    devices = (
+        worker.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+    )
+    if not any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices):
+        problems.append("the GPU override reserves no NVIDIA GPU for worker")
+    args = worker.get("build", {}).get("args", {})
+    if str(args.get("TORCH_EXPECT_CUDA")) != "1" or "TORCH_INDEX_URL" not in args:
+        problems.append("the GPU override does not build a CUDA torch (TORCH_* build args)")
+    env = env_list(worker.get("environment"))
+    if env.get("RNNTUNE_DEVICE") != "cuda":
+        problems.append("the GPU override does not set RNNTUNE_DEVICE=cuda")
+    # One worker per GPU: slots from RNNTUNE_GPUS, locked on a host-local volume.
+    slots = [v for v in worker.get("volumes", []) if str(v).endswith(":" + GPU_SLOTS)]
+    if "RNNTUNE_GPUS" not in env or not slots or slots[0].split(":")[0] not in doc["volumes"]:
+        problems.append("the GPU override has no per-GPU slots (RNNTUNE_GPUS + gpu-slots volume)")
+    return problems
+
+
+# -- the real files ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> Doc:
+    return load(COMPOSE)
+
+
+@pytest.fixture(scope="module")
+def gpu() -> Doc:
+    return load(GPU)
+
+
+def test_schema_is_there() -> None:
+    assert SCHEMA.is_file(), f"{SCHEMA} is missing: the compose-spec schema lives in ../shared"
+
+
+@pytest.mark.parametrize("path", [COMPOSE, GPU], ids=lambda p: p.name)
+def test_validates_against_the_compose_specification(path: Path) -> None:
+    assert schema_problems(load(path)) == []
+
+
+def test_structure(compose: Doc) -> None:
+    assert structure_problems(compose) == []
+
+
+@pytest.mark.parametrize("path", [COMPOSE, GPU], ids=lambda p: p.name)
+def test_no_literal_password(path: Path) -> None:
+    assert secret_problems(load(path), path.read_text(encoding="utf-8")) == []
+
+
+def test_env_example_documents_every_variable() -> None:
+    texts = [COMPOSE.read_text(encoding="utf-8"), GPU.read_text(encoding="utf-8")]
+    assert undocumented(texts, ENV_EXAMPLE.read_text(encoding="utf-8")) == []
+
+
+def test_env_example_needs_only_the_password() -> None:
+    """cp .env.example .env + a password runs the demo: nothing else is required (`:?`)."""
+    active = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", ENV_EXAMPLE.read_text(), re.M)
+    }
+    assert active == {"POSTGRES_PASSWORD": ""}
+    required = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*):?\?", COMPOSE.read_text()))
+    assert required == {"POSTGRES_PASSWORD"}
+
+
+def test_gpu_override(gpu: Doc) -> None:
+    assert gpu_problems(gpu) == []
+    assert set(gpu["services"]) <= {"worker", "evaluate"}, "the override only retargets workers"
+
+
+def test_requirements_pin_every_runtime_dependency() -> None:
+    """The images install requirements.txt, then rnntune with --no-deps: it must be complete."""
+    pins = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            m = re.fullmatch(r"([A-Za-z0-9_.-]+)==([0-9][^\s;]*)", line)
+            assert m, f"requirements.txt: {line!r} is not pinned with =="
+            pins[m.group(1).lower().replace("_", "-")] = m.group(2)
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower().replace("_", "-") for d in deps}
+    assert names - set(pins) == set(), "pyproject dependencies missing from requirements.txt"
+    assert pins["torch"] == "2.13.0", "an unpinned torch is a multi-GB CUDA download"
+
+
+@pytest.mark.parametrize("dockerfile", ["worker/Dockerfile", "dashboard/Dockerfile"])
+def test_dockerfile(dockerfile: str) -> None:
+    lines = [
+        ln.strip()
+        for ln in (ROOT / dockerfile).read_text().splitlines()
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]
+    assert lines[0] == "FROM python:3.11-slim"
+    users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
+    first_source = next(i for i, ln in enumerate(lines) if ln.startswith("COPY src"))
+    installs = [i for i, ln in enumerate(lines) if "pip install" in ln and "--no-deps" not in ln]
+    assert installs and max(installs) < first_source, "dependencies go in before the source"
+    assert any("pip install --no-deps ." in ln for ln in lines[first_source:])
+    if dockerfile.startswith("worker"):
+        torch = next(i for i, ln in enumerate(lines) if "TORCH_SPEC" in ln and "RUN" in ln)
+        reqs = next(i for i, ln in enumerate(lines) if "-r /tmp/requirements.txt" in ln)
+        assert torch < reqs, "torch is installed first, in its own layer"
+        assert "ARG TORCH_SPEC=torch==2.13.0" in lines
+
+
+def test_dockerignore_keeps_secrets_and_junk_out() -> None:
+    rules = [
+        ln.strip()
+        for ln in (ROOT / ".dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    assert rules[0] == "*", "an allowlist: everything is excluded unless named"
+    assert not any(r.lstrip("!").startswith((".env", ".git", "reports", "data")) for r in rules)
+
+
+# -- the checks can fail ---------------------------------------------------------------------------
+
+BREAKAGES: dict[str, Callable[[Doc], None]] = {
+    "worker container_name": lambda d: d["services"]["worker"].update(container_name="w"),
+    "worker ports": lambda d: d["services"]["worker"].update(ports=["9000:9000"]),
+    "worker restarts always": lambda d: d["services"]["worker"].update(restart="always"),
+    "short grace": lambda d: d["services"]["worker"].update(stop_grace_period="5s"),
+    "no healthcheck": lambda d: d["services"]["db"].pop("healthcheck"),
+    "db published": lambda d: d["services"]["db"].update(ports=["5432:5432"]),
+    "dashboard on all interfaces": lambda d: d["services"]["dashboard"].update(ports=["8080:8080"]),
+    "worker races init": lambda d: d["services"]["worker"].update(depends_on=["init"]),
+    "db stops beside the workers": lambda d: d["services"]["evaluate"].update(
+        depends_on={"init": {"condition": "service_completed_successfully"}}
+    ),
+    "init races db": lambda d: d["services"]["init"]["depends_on"]["db"].update(
+        condition="service_started"
+    ),
+    "data writable": lambda d: d["services"]["worker"].update(
+        volumes=["artifacts:/artifacts", "./data:/data"]
+    ),
+    "version key": lambda d: d.update(version="3.8"),
+    "worker without init": lambda d: d["services"]["worker"].pop("init"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BREAKAGES))
+def test_structure_check_catches(compose: Doc, name: str) -> None:
+    broken = copy.deepcopy(compose)
+    BREAKAGES[name](broken)
+    assert structure_problems(broken)
+
+
+def test_schema_check_catches(compose: Doc) -> None:
+    broken = copy.deepcopy(compose)
+    broken["services"]["worker"]["restart_policy"] = "on-failure"  # not a Compose key
+    assert schema_problems(broken)
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["env", "url"],
+)
+def test_secret_check_catches(compose: Doc, where: str) -> None:
+    broken = copy.deepcopy(compose)
+    if where == "env":
+        broken["services"]["db"]["environment"]["POSTGRES_PASSWORD"] = "hunter2"
+    else:
+        broken["services"]["dashboard"]["environment"]["RNNTUNE_STORAGE"] = (
+            "postgresql://rnntune:hunter2@db:5432/rnntune"
+        )
+    assert secret_problems(broken, "") != []
+    assert secret_problems({}, "      POSTGRES_PASSWORD: hunter2\n") != []
+
+
+def test_env_check_catches() -> None:
+    assert undocumented(["x: ${RNNTUNE_NOT_DOCUMENTED:-1} $${ESCAPED}"], "A=1\n") == [
+        "RNNTUNE_NOT_DOCUMENTED"
+    ]
+
+
+@pytest.mark.parametrize("remove", ["deploy", "volumes"])
+def test_gpu_check_catches(gpu: Doc, remove: str) -> None:
+    broken = copy.deepcopy(gpu)
+    broken["services"]["worker"].pop(remove)
+    assert gpu_problems(broken)
+
+
+# -- worker/entrypoint.sh, run here with a stand-in `rnntune` ------------------------------------
+
+
+@pytest.fixture
+def entrypoint_env(tmp_path: Path) -> dict[str, str]:
+    """A fake rnntune that prints what it was given, and writable directories."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "rnntune"
+    fake.write_text(
+        '#!/bin/sh\necho "rnntune $* gpu=${CUDA_VISIBLE_DEVICES:-none}"\n'
+        '[ -z "${HOLD:-}" ] || exec sleep "$HOLD"\n'
+    )
+    fake.chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "RNNTUNE_ARTIFACTS": str(tmp_path / "artifacts"),
+        "RNNTUNE_OUT": str(tmp_path / "reports"),
+        "RNNTUNE_GPU_SLOTS_DIR": str(tmp_path / "slots"),
+    }
+    return env
+
+
+def run_entrypoint(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", str(ENTRYPOINT), *args], env=env, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_entrypoint_execs_rnntune(entrypoint_env: dict[str, str]) -> None:
+    done = run_entrypoint(entrypoint_env, "evaluate", "--out", "x")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "rnntune evaluate --out x gpu=none\n"
+    assert Path(entrypoint_env["RNNTUNE_OUT"]).is_dir()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_entrypoint_explains_an_unwritable_reports_dir(
+    entrypoint_env: dict[str, str], tmp_path: Path
+) -> None:
+    reports = tmp_path / "root-owned"
+    reports.mkdir(mode=0o555)
+    done = run_entrypoint({**entrypoint_env, "RNNTUNE_OUT": str(reports)}, "evaluate")
+    assert done.returncode == 77
+    assert "is not writable by uid" in done.stderr and "mkdir -p reports" in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="needs util-linux flock")
+def test_entrypoint_gives_each_worker_its_own_gpu(entrypoint_env: dict[str, str]) -> None:
+    env = {**entrypoint_env, "RNNTUNE_GPUS": "2,5", "HOLD": "30"}
+    holders = [
+        subprocess.Popen(
+            ["sh", str(ENTRYPOINT), "worker"], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    try:
+        assert holders[0].stdout and holders[1].stdout
+        lines = sorted([holders[0].stdout.readline(), holders[1].stdout.readline()])
+        assert lines == ["rnntune worker gpu=2\n", "rnntune worker gpu=5\n"]
+        # A third worker finds both slots taken: nothing to do, exit 0 (no restart loop).
+        third = run_entrypoint(env, "worker")
+        assert third.returncode == 0 and third.stdout == ""
+        assert "every GPU slot" in third.stderr
+        # Other commands take no slot.
+        status = run_entrypoint({**env, "HOLD": ""}, "status")
+        assert status.stdout == "rnntune status gpu=none\n"
+    finally:
+        for p in holders:
+            p.kill()
+            p.wait()
+            if p.stdout:
+                p.stdout.close()
+    # The kernel released the locks with the processes: a new worker gets a GPU again.
+    again = run_entrypoint({**env, "HOLD": ""}, "worker")
+    assert again.stdout == "rnntune worker gpu=2\n"

@@ -54,7 +54,7 @@ PROJECT=rnntunesmoke$$
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 if [ "$(id -u)" = 0 ]; then UID_=1000 GID_=1000; else UID_=$(id -u) GID_=$(id -g); fi
 mkdir -p "$WORK/reports" "$WORK/data"
-# The reports directory must belong to the image's user, as docs/compose.md tells users to do.
+# The reports directory must belong to the image's user, as the README tells users to do.
 [ "$(id -u)" = 0 ] && chown "$UID_:$GID_" "$WORK/reports"
 cat >"$WORK/.env" <<EOF
 POSTGRES_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(24))')

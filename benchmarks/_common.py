@@ -16,8 +16,7 @@ PG_SERVER = os.environ.get("RNNTUNE_TEST_PG", "postgresql+psycopg2://postgres@12
 @contextmanager
 def fresh_postgres() -> Iterator[str]:
     name = f"rnntune_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT",
-                          pool_pre_ping=True)
+    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as c:
         c.execute(text(f'CREATE DATABASE "{name}"'))
     try:

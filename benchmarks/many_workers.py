@@ -42,9 +42,12 @@ def worker(url: str, trials: int, index: int, errors: mp.Queue, counts: mp.Queue
     try:
         st = open_optuna_storage(url, heartbeat_interval=2, grace_period=30)
         cfg = build({"trials": trials, "name": "bench"})
-        studies = {f: optuna.load_study(study_name=f"bench.{f}", storage=st,
-                                        sampler=tuning.make_sampler(cfg, 1000 + index))
-                   for f in FAMILIES}
+        studies = {
+            f: optuna.load_study(
+                study_name=f"bench.{f}", storage=st, sampler=tuning.make_sampler(cfg, 1000 + index)
+            )
+            for f in FAMILIES
+        }
         current: list[int | None] = [None]
         stop = threading.Event()
 
@@ -64,8 +67,9 @@ def worker(url: str, trials: int, index: int, errors: mp.Queue, counts: mp.Queue
                 active.remove(family)
                 continue
             current[0] = trial._trial_id
-            value = -((trial.params["learning_rate"] - 0.003) ** 2) + trial.params[
-                "hidden_size"] * 1e-6
+            value = (
+                -((trial.params["learning_rate"] - 0.003) ** 2) + trial.params["hidden_size"] * 1e-6
+            )
             studies[family].tell(trial, value, state=TrialState.COMPLETE)
             current[0] = None
             done += 1
@@ -101,16 +105,19 @@ def main() -> None:
             # transaction would see the same numbers forever.
             with probe.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
                 while not sampling.is_set():
-                    n = c.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname=:d"),
-                                  {"d": db}).scalar()
+                    n = c.execute(
+                        text("SELECT count(*) FROM pg_stat_activity WHERE datname=:d"), {"d": db}
+                    ).scalar()
                     peak[0] = max(peak[0], int(n or 0))
                     samples[0] += 1
                     time.sleep(0.05)
 
         ctx = mp.get_context("spawn")
         errors, counts = ctx.Queue(), ctx.Queue()
-        procs = [ctx.Process(target=worker, args=(url, args.trials, i, errors, counts))
-                 for i in range(args.workers)]
+        procs = [
+            ctx.Process(target=worker, args=(url, args.trials, i, errors, counts))
+            for i in range(args.workers)
+        ]
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         for p in procs:
@@ -137,9 +144,11 @@ def main() -> None:
         secs = (last - first).total_seconds() if first and last else float("nan")
         print(f"workers: {args.workers}; budget {args.trials} per family x {len(FAMILIES)}")
         print(f"trials finished: {total} in {secs:.1f}s -> {total / secs:.1f} trials/s")
-        print(f"peak PostgreSQL connections to the study database: {peak[0]} "
-              f"(max_connections default 100; {samples[0]} samples; the parent holds "
-              f"{st.engine.pool.checkedin() + st.engine.pool.checkedout()})")
+        print(
+            f"peak PostgreSQL connections to the study database: {peak[0]} "
+            f"(max_connections default 100; {samples[0]} samples; the parent holds "
+            f"{st.engine.pool.checkedin() + st.engine.pool.checkedout()})"
+        )
         print(f"errors: {len(errs) + exit_errors}")
         for e in errs[:10]:
             print("  ", e)

@@ -53,16 +53,41 @@ def run_case(url: str, workers: int, args: argparse.Namespace, tmp: Path) -> dic
     env = {**os.environ, "RNNTUNE_LOG_LEVEL": "WARNING"}
     base = [sys.executable, "-m", "rnntune"]
     subprocess.run(
-        [*base, "init", "--storage", url, "--config", str(cfg), "--trials", str(args.trials),
-         "--repeats", "1", "--max-epochs", str(args.epochs), "--data",
-         f"synthetic:n={args.n},length={args.length},features=4,seed=0"],
-        check=True, env=env, capture_output=True,
+        [
+            *base,
+            "init",
+            "--storage",
+            url,
+            "--config",
+            str(cfg),
+            "--trials",
+            str(args.trials),
+            "--repeats",
+            "1",
+            "--max-epochs",
+            str(args.epochs),
+            "--data",
+            f"synthetic:n={args.n},length={args.length},features=4,seed=0",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
     )
     procs = [
         subprocess.Popen(
-            [*base, "worker", "--storage", url, "--threads", "1", "--artifacts",
-             str(tmp / "artifacts")],
-            env=env, stderr=subprocess.PIPE, text=True,
+            [
+                *base,
+                "worker",
+                "--storage",
+                url,
+                "--threads",
+                "1",
+                "--artifacts",
+                str(tmp / "artifacts"),
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(workers)
     ]
@@ -96,8 +121,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=3000)
     ap.add_argument("--length", type=int, default=50)
     args = ap.parse_args()
-    print(f"cores: {os.cpu_count()}; data n={args.n} length={args.length}; "
-          f"{args.trials} trials x 2 families x {args.epochs} epochs; 1 torch thread per worker")
+    print(
+        f"cores: {os.cpu_count()}; data n={args.n} length={args.length}; "
+        f"{args.trials} trials x 2 families x {args.epochs} epochs; 1 torch thread per worker"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -110,14 +137,18 @@ def main() -> None:
                     res[workers] = run_case(url, workers, args, tmp)
                     res[workers]["wall"] = time.monotonic() - t0
             rows.append((backend, res))
-    print(f"\n{'backend':<11}{'workers':>8}{'trials':>8}{'trials/min':>12}{'speed-up':>10}"
-          f"{'storage % of trial':>20}")
+    print(
+        f"\n{'backend':<11}{'workers':>8}{'trials':>8}{'trials/min':>12}{'speed-up':>10}"
+        f"{'storage % of trial':>20}"
+    )
     for backend, res in rows:
         for w in (1, 2):
             r = res[w]
             speed = r["per_min"] / res[1]["per_min"]
-            print(f"{backend:<11}{w:>8}{r['trials']:>8}{r['per_min']:>12.2f}{speed:>9.2f}x"
-                  f"{r['storage_share']:>19.2f}%")
+            print(
+                f"{backend:<11}{w:>8}{r['trials']:>8}{r['per_min']:>12.2f}{speed:>9.2f}x"
+                f"{r['storage_share']:>19.2f}%"
+            )
     print("\ntargets: speed-up with 2 workers >= 1.9x on 2 cores; storage < 1% of trial time")
 
 

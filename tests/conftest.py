@@ -24,9 +24,7 @@ TINY_DATA = "synthetic:n=400,length=16,features=3,seed=1"
 
 
 def _pg_admin():
-    return create_engine(
-        f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT", pool_pre_ping=True
-    )
+    return create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT", pool_pre_ping=True)
 
 
 def pg_available() -> bool:
@@ -68,13 +66,22 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("pg_url")
 
 
-def rnntune(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
+def rnntune(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess."""
     full_env = {**os.environ, "RNNTUNE_LOG_LEVEL": "WARNING", **(env or {})}
     proc = subprocess.run(
-        [sys.executable, "-m", "rnntune", *args], cwd=cwd, env=full_env, text=True,
-        capture_output=True, timeout=timeout,
+        [sys.executable, "-m", "rnntune", *args],
+        cwd=cwd,
+        env=full_env,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise AssertionError(

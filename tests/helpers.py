@@ -24,16 +24,35 @@ FAST = ["--heartbeat-interval", "1", "--grace-period", "4"]
 _logs: dict[int, Path] = {}
 
 
-def start_worker(url: str, cwd: Path, *extra: str, command: str = "worker",
-                 experiment: str = "default") -> subprocess.Popen[str]:
+def start_worker(
+    url: str, cwd: Path, *extra: str, command: str = "worker", experiment: str = "default"
+) -> subprocess.Popen[str]:
     """A real worker process; its output goes to a file (a full pipe would block it)."""
     env = {**os.environ, "RNNTUNE_LOG_LEVEL": "INFO"}
     log = cwd / f"{command}-{len(_logs)}-{time.monotonic_ns()}.log"
     with log.open("w") as out:
         p = subprocess.Popen(
-            [sys.executable, "-m", "rnntune", command, "--storage", url, "--experiment",
-             experiment, "--artifacts", str(cwd / "artifacts"), "--threads", "1", *FAST, *extra],
-            cwd=cwd, env=env, text=True, stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "rnntune",
+                command,
+                "--storage",
+                url,
+                "--experiment",
+                experiment,
+                "--artifacts",
+                str(cwd / "artifacts"),
+                "--threads",
+                "1",
+                *FAST,
+                *extra,
+            ],
+            cwd=cwd,
+            env=env,
+            text=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     _logs[p.pid] = log
@@ -59,8 +78,8 @@ def wait_all(procs: list[subprocess.Popen[str]], timeout: float) -> list[str]:
             for q in procs:
                 kill(q)
             raise AssertionError(
-                "workers did not finish in time:\n" + "\n=====\n".join(
-                    output(q)[-2000:] for q in procs)
+                "workers did not finish in time:\n"
+                + "\n=====\n".join(output(q)[-2000:] for q in procs)
             ) from None
     return [output(p) for p in procs]
 

@@ -30,8 +30,10 @@ def _error_line(result) -> str:  # noqa: ANN001
 def _init(tmp_path: Path, *args: str, env: dict[str, str] | None = None):  # noqa: ANN202
     db = f"sqlite:///{tmp_path / 'cli.db'}"
     return CliRunner().invoke(
-        main, ["init", "--storage", db, "--data", "synthetic:n=300,length=10,features=2", *args],
-        env=env, catch_exceptions=False,
+        main,
+        ["init", "--storage", db, "--data", "synthetic:n=300,length=10,features=2", *args],
+        env=env,
+        catch_exceptions=False,
     )
 
 
@@ -49,8 +51,9 @@ def test_unknown_storage_backend(tmp_path: Path) -> None:
 
 def test_missing_experiment_names_the_fix(tmp_path: Path) -> None:
     assert _init(tmp_path).exit_code == 0
-    r = CliRunner().invoke(main, ["status", "--storage", f"sqlite:///{tmp_path / 'cli.db'}",
-                                  "--experiment", "nope"])
+    r = CliRunner().invoke(
+        main, ["status", "--storage", f"sqlite:///{tmp_path / 'cli.db'}", "--experiment", "nope"]
+    )
     assert r.exit_code == 1
     line = _error_line(r)
     assert "no experiment 'nope'" in line and "(experiments here: default)" in line
@@ -76,12 +79,21 @@ def test_precedence_cli_over_env_over_file_over_default(tmp_path: Path) -> None:
     from rnntune.storage import open_optuna_storage
 
     cfg = tmp_path / "exp.toml"
-    cfg.write_text('[experiment]\ntrials = 7\nrepeats = 4\nmax_epochs = 3\n')
+    cfg.write_text("[experiment]\ntrials = 7\nrepeats = 4\nmax_epochs = 3\n")
     db = f"sqlite:///{tmp_path / 'p.db'}"
     r = CliRunner().invoke(
         main,
-        ["init", "--storage", db, "--config", str(cfg), "--trials", "9",
-         "--data", "synthetic:n=300,length=10,features=2"],
+        [
+            "init",
+            "--storage",
+            db,
+            "--config",
+            str(cfg),
+            "--trials",
+            "9",
+            "--data",
+            "synthetic:n=300,length=10,features=2",
+        ],
         env={"RNNTUNE_TRIALS": "8", "RNNTUNE_REPEATS": "5"},
     )
     assert r.exit_code == 0, r.output
@@ -97,7 +109,7 @@ def test_precedence_cli_over_env_over_file_over_default(tmp_path: Path) -> None:
 
 def test_bad_config_file(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.toml"
-    cfg.write_text('[experiment]\ntrails = 7\n')
+    cfg.write_text("[experiment]\ntrails = 7\n")
     r = _init(tmp_path, "--config", str(cfg))
     assert r.exit_code == 1
     assert "unknown key(s) ['trails'] in [experiment]" in _error_line(r)
@@ -124,6 +136,10 @@ def test_search_space_from_file_is_stored(tmp_path: Path) -> None:
     exp = find_by_name(open_optuna_storage(f"sqlite:///{tmp_path / 'cli.db'}").engine, "default")
     assert exp is not None
     assert set(exp.config.search_space) == {
-        "hidden_size", "learning_rate", "batch_size", "num_layers", "dropout"
+        "hidden_size",
+        "learning_rate",
+        "batch_size",
+        "num_layers",
+        "dropout",
     }
     assert exp.config.pruner.type == "none"

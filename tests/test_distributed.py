@@ -33,8 +33,20 @@ DATA = "synthetic:n=500,length=20,features=3,seed=3"
 
 
 def _init(url: str, cwd: Path, trials_: int, repeats: int, epochs: int, data: str = DATA) -> None:
-    rnntune("init", "--storage", url, "--data", data, "--trials", str(trials_), "--repeats",
-            str(repeats), "--max-epochs", str(epochs), cwd=cwd)
+    rnntune(
+        "init",
+        "--storage",
+        url,
+        "--data",
+        data,
+        "--trials",
+        str(trials_),
+        "--repeats",
+        str(repeats),
+        "--max-epochs",
+        str(epochs),
+        cwd=cwd,
+    )
 
 
 @pytest.mark.postgres
@@ -72,8 +84,12 @@ def test_kill_storm(storage_url: str, tmp_path: Path) -> None:
     deadline = time.monotonic() + 240
     while kills < 6 and time.monotonic() < deadline:
         time.sleep(rng.uniform(1.0, 3.5))
-        running = [t for f in ("rnn", "gru", "lstm") for t in trials(pg_url, f)
-                   if t.state == TrialState.RUNNING and t.intermediate_values]
+        running = [
+            t
+            for f in ("rnn", "gru", "lstm")
+            for t in trials(pg_url, f)
+            if t.state == TrialState.RUNNING and t.intermediate_values
+        ]
         if not running:
             if sum(finished(pg_url).values()) >= 18:
                 break
@@ -96,8 +112,9 @@ def test_kill_storm(storage_url: str, tmp_path: Path) -> None:
             if t.state != TrialState.FAIL:
                 continue
             assert "died" in t.system_attrs.get("rnntune:fail_reason", ""), t.system_attrs
-            retry = next(r for r in res[family] if r.system_attrs.get("retry_history", [])[-1:]
-                         == [t.number])
+            retry = next(
+                r for r in res[family] if r.system_attrs.get("retry_history", [])[-1:] == [t.number]
+            )
             assert retry.params == t.params  # retried with identical parameters
             # It resumed from the checkpoint of the last finished epoch, not from scratch:
             # the epochs it reported before the kill are inherited, and training restarted after
@@ -124,8 +141,11 @@ def test_postgres_restart_mid_run(pg_url: str, tmp_path: Path) -> None:
     procs = [start_worker(pg_url, tmp_path) for _ in range(2)]
     wait_for(lambda: sum(finished(pg_url).values()) >= 2, timeout=180)
     version = sorted(os.listdir("/etc/postgresql"))[-1]
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
-                   check=True, timeout=60)
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        check=True,
+        timeout=60,
+    )
     outs = wait_all(procs, timeout=400)
     assert [p.returncode for p in procs] == [0, 0], outs
     assert_exact(pg_url, budget=6, repeats=2)
@@ -136,9 +156,15 @@ def test_sigterm_stops_within_10s_and_hands_the_trial_back(pg_url: str, tmp_path
     data = "synthetic:n=1500,length=40,features=3,seed=5"
     _init(pg_url, tmp_path, trials_=3, repeats=1, epochs=6, data=data)
     p = start_worker(pg_url, tmp_path)
-    wait_for(lambda: any(t.state == TrialState.RUNNING and t.intermediate_values
-                         for f in ("rnn", "gru", "lstm") for t in trials(pg_url, f)),
-             timeout=120, interval=0.2)
+    wait_for(
+        lambda: any(
+            t.state == TrialState.RUNNING and t.intermediate_values
+            for f in ("rnn", "gru", "lstm")
+            for t in trials(pg_url, f)
+        ),
+        timeout=120,
+        interval=0.2,
+    )
     t0 = time.monotonic()
     p.send_signal(signal.SIGTERM)
     p.wait(timeout=15)
@@ -157,8 +183,10 @@ def test_sigterm_stops_within_10s_and_hands_the_trial_back(pg_url: str, tmp_path
 @pytest.mark.postgres
 def test_two_evaluate_jobs_at_once(pg_url: str, tmp_path: Path) -> None:
     _init(pg_url, tmp_path, trials_=3, repeats=4, epochs=2)
-    evals = [start_worker(pg_url, tmp_path, "--out", str(tmp_path / f"r{i}"), command="evaluate")
-             for i in range(2)]
+    evals = [
+        start_worker(pg_url, tmp_path, "--out", str(tmp_path / f"r{i}"), command="evaluate")
+        for i in range(2)
+    ]
     worker = start_worker(pg_url, tmp_path)
     outs = wait_all([*evals, worker], timeout=400)
     assert [p.returncode for p in (*evals, worker)] == [0, 0, 0], outs
@@ -176,8 +204,15 @@ def test_wrong_data_file_is_refused(storage_url: str, tmp_path: Path) -> None:
     X[0, 0, 0] += 1.0
     np.savez(tmp_path / "b.npz", X=X, y=y)
     rnntune("init", "--storage", storage_url, "--data", f"npz:{tmp_path / 'a.npz'}", cwd=tmp_path)
-    proc = rnntune("worker", "--storage", storage_url, "--data", f"npz:{tmp_path / 'b.npz'}",
-                   cwd=tmp_path, check=False)
+    proc = rnntune(
+        "worker",
+        "--storage",
+        storage_url,
+        "--data",
+        f"npz:{tmp_path / 'b.npz'}",
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 1
     err = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
     assert len(err) == 1 and "Traceback" not in proc.stderr

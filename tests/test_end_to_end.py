@@ -16,9 +16,25 @@ pytestmark = pytest.mark.slow
 
 def _run(url: str, cwd: Path, *extra: str, check: bool = True):  # noqa: ANN202
     return rnntune(
-        "run", "--storage", url, "--data", TINY_DATA, "--trials", "3", "--repeats", "3",
-        "--max-epochs", "2", "--workers", "2", "--artifacts", str(cwd / "artifacts"), *FAST,
-        *extra, cwd=cwd, check=check,
+        "run",
+        "--storage",
+        url,
+        "--data",
+        TINY_DATA,
+        "--trials",
+        "3",
+        "--repeats",
+        "3",
+        "--max-epochs",
+        "2",
+        "--workers",
+        "2",
+        "--artifacts",
+        str(cwd / "artifacts"),
+        *FAST,
+        *extra,
+        cwd=cwd,
+        check=check,
     )
 
 
@@ -71,9 +87,28 @@ def test_same_seed_same_metrics(tmp_path: Path) -> None:
     metrics = []
     for name in ("a", "b"):
         url = f"sqlite:///{tmp_path / name}.db"
-        rnntune("run", "--storage", url, "--config", str(cfg), "--data", TINY_DATA,
-                "--trials", "1", "--repeats", "2", "--max-epochs", "2", "--workers", "1",
-                "--out", str(tmp_path / name), "--artifacts", str(tmp_path / "art"), cwd=tmp_path)
+        rnntune(
+            "run",
+            "--storage",
+            url,
+            "--config",
+            str(cfg),
+            "--data",
+            TINY_DATA,
+            "--trials",
+            "1",
+            "--repeats",
+            "2",
+            "--max-epochs",
+            "2",
+            "--workers",
+            "1",
+            "--out",
+            str(tmp_path / name),
+            "--artifacts",
+            str(tmp_path / "art"),
+            cwd=tmp_path,
+        )
         rep = json.loads((tmp_path / name / "report.json").read_text())
         metrics.append([r["metrics"] for r in rep["families"]["gru"]["repeats"]])
     assert metrics[0] == metrics[1]

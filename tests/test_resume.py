@@ -22,14 +22,33 @@ DATA = "synthetic:n=600,length=24,features=3,seed=2"
 
 
 def _args(url: str, cwd: Path) -> list[str]:
-    return ["run", "--storage", url, "--data", DATA, "--trials", "4", "--repeats", "3",
-            "--max-epochs", "3", "--workers", "2", "--artifacts", str(cwd / "artifacts"), *FAST]
+    return [
+        "run",
+        "--storage",
+        url,
+        "--data",
+        DATA,
+        "--trials",
+        "4",
+        "--repeats",
+        "3",
+        "--max-epochs",
+        "3",
+        "--workers",
+        "2",
+        "--artifacts",
+        str(cwd / "artifacts"),
+        *FAST,
+    ]
 
 
 def _start(url: str, cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "rnntune", *_args(url, cwd)], cwd=cwd, text=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "rnntune", *_args(url, cwd)],
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         env={**os.environ, "RNNTUNE_LOG_LEVEL": "WARNING"},
     )
 
@@ -48,8 +67,7 @@ def _sigkill(p: subprocess.Popen[str]) -> None:
     p.wait(10)
 
 
-def test_sigkill_during_tuning_and_evaluation_then_resume(storage_url: str,
-                                                          tmp_path: Path) -> None:
+def test_sigkill_during_tuning_and_evaluation_then_resume(storage_url: str, tmp_path: Path) -> None:
     # 1. Kill the whole `rnntune run` (its workers die with it) in the middle of tuning.
     p = _start(storage_url, tmp_path)
     wait_for(lambda: _safe(lambda: sum(finished(storage_url).values()) >= 3), timeout=180)

@@ -96,8 +96,10 @@ def test_exclusive_lock_excludes_across_processes(storage_url: str, tmp_path: Pa
     counter = tmp_path / "counter"
     counter.write_text("0")
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_count_under_lock, args=(storage_url, str(counter), 40))
-             for _ in range(3)]
+    procs = [
+        ctx.Process(target=_count_under_lock, args=(storage_url, str(counter), 40))
+        for _ in range(3)
+    ]
     for p in procs:
         p.start()
     for p in procs:

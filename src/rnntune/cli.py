@@ -27,14 +27,20 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 # -- option decorators ---------------------------------------------------------------------
 def storage_option(f: Callable) -> Callable:
     return click.option(
-        "--storage", envvar="RNNTUNE_STORAGE", default=DEFAULT_STORAGE, show_default=True,
+        "--storage",
+        envvar="RNNTUNE_STORAGE",
+        default=DEFAULT_STORAGE,
+        show_default=True,
         help="Study database URL: sqlite:///FILE.db or postgresql://user:pass@host:5432/db.",
     )(f)
 
 
 def experiment_option(f: Callable) -> Callable:
     return click.option(
-        "--experiment", envvar="RNNTUNE_EXPERIMENT", default="default", show_default=True,
+        "--experiment",
+        envvar="RNNTUNE_EXPERIMENT",
+        default="default",
+        show_default=True,
         help="Experiment name (its studies are <experiment>.rnn, .gru, .lstm).",
     )(f)
 
@@ -42,25 +48,61 @@ def experiment_option(f: Callable) -> Callable:
 def experiment_config_options(f: Callable) -> Callable:
     d = config_mod.ExperimentConfig()
     opts = [
-        click.option("--config", "config_file", envvar="RNNTUNE_CONFIG",
-                     type=click.Path(dir_okay=False),
-                     help="Experiment file (TOML): [experiment], [search_space], [pruner]."),
-        click.option("--data", envvar="RNNTUNE_DATA", show_default=d.data,
-                     help="synthetic[:n=...,length=...,features=...,seed=...], npz:PATH or "
-                          "csv:PATH."),
-        click.option("--trials", type=int, envvar="RNNTUNE_TRIALS", show_default=str(d.trials),
-                     help="Budget per family: finished (complete + pruned) trials."),
-        click.option("--repeats", type=int, envvar="RNNTUNE_REPEATS",
-                     show_default=str(d.repeats), help="Evaluation repeats per family."),
-        click.option("--max-epochs", type=int, envvar="RNNTUNE_MAX_EPOCHS",
-                     show_default=str(d.max_epochs), help="Epochs per training run at most."),
-        click.option("--seed", type=int, envvar="RNNTUNE_SEED", show_default=str(d.seed),
-                     help="Base seed: splits, trials and the paired repeat seeds."),
-        click.option("--objective", envvar="RNNTUNE_OBJECTIVE",
-                     type=click.Choice(config_mod.METRICS), show_default=d.objective,
-                     help="Validation metric tuning maximises."),
-        click.option("--pruner", envvar="RNNTUNE_PRUNER", type=click.Choice(config_mod.PRUNERS),
-                     show_default=d.pruner.type, help="Pruner on the per-epoch validation metric."),
+        click.option(
+            "--config",
+            "config_file",
+            envvar="RNNTUNE_CONFIG",
+            type=click.Path(dir_okay=False),
+            help="Experiment file (TOML): [experiment], [search_space], [pruner].",
+        ),
+        click.option(
+            "--data",
+            envvar="RNNTUNE_DATA",
+            show_default=d.data,
+            help="synthetic[:n=...,length=...,features=...,seed=...], npz:PATH or csv:PATH.",
+        ),
+        click.option(
+            "--trials",
+            type=int,
+            envvar="RNNTUNE_TRIALS",
+            show_default=str(d.trials),
+            help="Budget per family: finished (complete + pruned) trials.",
+        ),
+        click.option(
+            "--repeats",
+            type=int,
+            envvar="RNNTUNE_REPEATS",
+            show_default=str(d.repeats),
+            help="Evaluation repeats per family.",
+        ),
+        click.option(
+            "--max-epochs",
+            type=int,
+            envvar="RNNTUNE_MAX_EPOCHS",
+            show_default=str(d.max_epochs),
+            help="Epochs per training run at most.",
+        ),
+        click.option(
+            "--seed",
+            type=int,
+            envvar="RNNTUNE_SEED",
+            show_default=str(d.seed),
+            help="Base seed: splits, trials and the paired repeat seeds.",
+        ),
+        click.option(
+            "--objective",
+            envvar="RNNTUNE_OBJECTIVE",
+            type=click.Choice(config_mod.METRICS),
+            show_default=d.objective,
+            help="Validation metric tuning maximises.",
+        ),
+        click.option(
+            "--pruner",
+            envvar="RNNTUNE_PRUNER",
+            type=click.Choice(config_mod.PRUNERS),
+            show_default=d.pruner.type,
+            help="Pruner on the per-epoch validation metric.",
+        ),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -69,18 +111,42 @@ def experiment_config_options(f: Callable) -> Callable:
 
 def runtime_options(f: Callable) -> Callable:
     opts = [
-        click.option("--artifacts", envvar="RNNTUNE_ARTIFACTS", default="rnntune-artifacts",
-                     show_default=True,
-                     help="Artifact directory shared by all workers (checkpoints, reports)."),
-        click.option("--device", envvar="RNNTUNE_DEVICE", default="auto", show_default=True,
-                     help="auto, cpu or cuda."),
-        click.option("--threads", type=int, envvar="RNNTUNE_THREADS",
-                     help="torch threads per worker [default: cores / workers, at least 1]."),
-        click.option("--heartbeat-interval", type=int, envvar="RNNTUNE_HEARTBEAT_INTERVAL",
-                     default=5, show_default=True, help="Seconds between heartbeats."),
-        click.option("--grace-period", type=int, envvar="RNNTUNE_GRACE_PERIOD", default=30,
-                     show_default=True,
-                     help="Seconds without heartbeat before a trial or repeat is retried."),
+        click.option(
+            "--artifacts",
+            envvar="RNNTUNE_ARTIFACTS",
+            default="rnntune-artifacts",
+            show_default=True,
+            help="Artifact directory shared by all workers (checkpoints, reports).",
+        ),
+        click.option(
+            "--device",
+            envvar="RNNTUNE_DEVICE",
+            default="auto",
+            show_default=True,
+            help="auto, cpu or cuda.",
+        ),
+        click.option(
+            "--threads",
+            type=int,
+            envvar="RNNTUNE_THREADS",
+            help="torch threads per worker [default: cores / workers, at least 1].",
+        ),
+        click.option(
+            "--heartbeat-interval",
+            type=int,
+            envvar="RNNTUNE_HEARTBEAT_INTERVAL",
+            default=5,
+            show_default=True,
+            help="Seconds between heartbeats.",
+        ),
+        click.option(
+            "--grace-period",
+            type=int,
+            envvar="RNNTUNE_GRACE_PERIOD",
+            default=30,
+            show_default=True,
+            help="Seconds without heartbeat before a trial or repeat is retried.",
+        ),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -134,13 +200,23 @@ def _explicit(name: str, config_file: str | None, **values: Any) -> dict[str, An
     return explicit
 
 
-def _runtime(storage: str, artifacts: str, device: str, threads: int | None, hb: int, grace: int,
-             workers: int = 1) -> config_mod.Runtime:
+def _runtime(
+    storage: str,
+    artifacts: str,
+    device: str,
+    threads: int | None,
+    hb: int,
+    grace: int,
+    workers: int = 1,
+) -> config_mod.Runtime:
     cores = os.cpu_count() or 1
     return config_mod.Runtime(
-        storage=storage, artifacts=artifacts, device=device,
+        storage=storage,
+        artifacts=artifacts,
+        device=device,
         threads=threads or max(1, cores // max(1, workers)),
-        heartbeat_interval=hb, grace_period=grace,
+        heartbeat_interval=hb,
+        grace_period=grace,
     )
 
 
@@ -168,10 +244,12 @@ def init(storage: str, experiment: str, config_file: str | None, **opts: Any) ->
     st = open_optuna_storage(storage, create_tables=True)
     exp, created = register(st, _explicit(experiment, config_file, **opts))
     verb = "registered" if created else "already registered (unchanged)"
-    click.echo(f"experiment {exp.name!r} {verb} in {mask_url(storage)}: "
-               f"{len(exp.config.families)} families x {exp.config.trials} trials, "
-               f"{exp.config.repeats} repeats, data {exp.config.data} "
-               f"({exp.data_fingerprint[:19]})")
+    click.echo(
+        f"experiment {exp.name!r} {verb} in {mask_url(storage)}: "
+        f"{len(exp.config.families)} families x {exp.config.trials} trials, "
+        f"{exp.config.repeats} repeats, data {exp.config.data} "
+        f"({exp.data_fingerprint[:19]})"
+    )
 
 
 # -- run -------------------------------------------------------------------------------------
@@ -180,14 +258,36 @@ def init(storage: str, experiment: str, config_file: str | None, **opts: Any) ->
 @experiment_option
 @experiment_config_options
 @runtime_options
-@click.option("--workers", type=int, envvar="RNNTUNE_WORKERS", default=2, show_default=True,
-              help="Local worker processes.")
-@click.option("--out", envvar="RNNTUNE_OUT", default="reports", show_default=True,
-              type=click.Path(file_okay=False), help="Directory for report.md/.json/.html.")
+@click.option(
+    "--workers",
+    type=int,
+    envvar="RNNTUNE_WORKERS",
+    default=2,
+    show_default=True,
+    help="Local worker processes.",
+)
+@click.option(
+    "--out",
+    envvar="RNNTUNE_OUT",
+    default="reports",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Directory for report.md/.json/.html.",
+)
 @handle_errors
-def run(storage: str, experiment: str, config_file: str | None, artifacts: str, device: str,
-        threads: int | None, heartbeat_interval: int, grace_period: int, workers: int, out: str,
-        **opts: Any) -> None:
+def run(
+    storage: str,
+    experiment: str,
+    config_file: str | None,
+    artifacts: str,
+    device: str,
+    threads: int | None,
+    heartbeat_interval: int,
+    grace_period: int,
+    workers: int,
+    out: str,
+    **opts: Any,
+) -> None:
     """Init if needed, tune all families, run the evaluation repeats, write the report.
 
     Interrupted at any moment, the same command continues where it stopped.
@@ -205,22 +305,27 @@ def run(storage: str, experiment: str, config_file: str | None, artifacts: str, 
     st = open_optuna_storage(storage, create_tables=True)
     exp, created = register(st, _explicit(experiment, config_file, **opts))
     cfg = exp.config
-    click.echo(f"{'registered' if created else 'resuming'} experiment {cfg.name!r} in "
-               f"{mask_url(storage)}: {'/'.join(cfg.families)} x {cfg.trials} trials, "
-               f"{cfg.repeats} repeats, data {cfg.data}")
+    click.echo(
+        f"{'registered' if created else 'resuming'} experiment {cfg.name!r} in "
+        f"{mask_url(storage)}: {'/'.join(cfg.families)} x {cfg.trials} trials, "
+        f"{cfg.repeats} repeats, data {cfg.data}"
+    )
     start = time.monotonic()
     prog = progress_mod.read(st, exp)
     if prog.done and exp.report_path and Path(exp.report_path).exists():
-        click.echo(f"experiment {cfg.name!r} is already finished; nothing to do. "
-                   f"Report: {exp.report_path}")
+        click.echo(
+            f"experiment {cfg.name!r} is already finished; nothing to do. Report: {exp.report_path}"
+        )
         return
     if not prog.done:
         run_workers(st, storage, exp, rt, workers, opts.get("data"), click.echo)
     report, paths = finalize(st, exp, out, artifacts, device=rt.device)
     click.echo("")
     click.echo(summary_table(report))
-    click.echo(f"report: {paths['md']} (also {paths['json']}, {paths['html']}); "
-               f"{time.monotonic() - start:.0f}s")
+    click.echo(
+        f"report: {paths['md']} (also {paths['json']}, {paths['html']}); "
+        f"{time.monotonic() - start:.0f}s"
+    )
 
 
 # -- worker ----------------------------------------------------------------------------------
@@ -228,12 +333,23 @@ def run(storage: str, experiment: str, config_file: str | None, artifacts: str, 
 @storage_option
 @experiment_option
 @runtime_options
-@click.option("--data", envvar="RNNTUNE_DATA",
-              help="Where this worker finds the experiment's data, if not at the registered "
-                   "path (the fingerprint must still match).")
+@click.option(
+    "--data",
+    envvar="RNNTUNE_DATA",
+    help="Where this worker finds the experiment's data, if not at the registered "
+    "path (the fingerprint must still match).",
+)
 @handle_errors
-def worker(storage: str, experiment: str, artifacts: str, device: str, threads: int | None,
-           heartbeat_interval: int, grace_period: int, data: str | None) -> None:
+def worker(
+    storage: str,
+    experiment: str,
+    artifacts: str,
+    device: str,
+    threads: int | None,
+    heartbeat_interval: int,
+    grace_period: int,
+    data: str | None,
+) -> None:
     """Pull trials, then evaluation repeats, until the experiment is done (stateless).
 
     SIGTERM stops it within seconds: the trial in hand is handed back and resumes elsewhere.
@@ -243,13 +359,21 @@ def worker(storage: str, experiment: str, artifacts: str, device: str, threads: 
     from rnntune.worker import Worker
 
     rt = _runtime(storage, artifacts, device, threads or 1, heartbeat_interval, grace_period)
-    w = Worker(storage, experiment, rt, data_override=data,
-               on_event=lambda m: logging.getLogger("rnntune.worker").info("%s", m))
+    w = Worker(
+        storage,
+        experiment,
+        rt,
+        data_override=data,
+        on_event=lambda m: logging.getLogger("rnntune.worker").info("%s", m),
+    )
     summary = w.run()
     state = "stopped" if summary.stopped else "finished: nothing left to do"
-    click.echo(f"worker {summary.worker_id} {state} ({summary.trials} trials, "
-               f"{summary.repeats} repeats; storage {100 * summary.storage_share:.2f}% of "
-               f"trial time)", err=True)
+    click.echo(
+        f"worker {summary.worker_id} {state} ({summary.trials} trials, "
+        f"{summary.repeats} repeats; storage {100 * summary.storage_share:.2f}% of "
+        f"trial time)",
+        err=True,
+    )
 
 
 # -- evaluate --------------------------------------------------------------------------------
@@ -257,12 +381,27 @@ def worker(storage: str, experiment: str, artifacts: str, device: str, threads: 
 @storage_option
 @experiment_option
 @runtime_options
-@click.option("--out", envvar="RNNTUNE_OUT", default="reports", show_default=True,
-              type=click.Path(file_okay=False), help="Directory for report.md/.json/.html.")
+@click.option(
+    "--out",
+    envvar="RNNTUNE_OUT",
+    default="reports",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Directory for report.md/.json/.html.",
+)
 @click.option("--data", envvar="RNNTUNE_DATA", help="The experiment's data at this host's path.")
 @handle_errors
-def evaluate(storage: str, experiment: str, artifacts: str, device: str, threads: int | None,
-             heartbeat_interval: int, grace_period: int, out: str, data: str | None) -> None:
+def evaluate(
+    storage: str,
+    experiment: str,
+    artifacts: str,
+    device: str,
+    threads: int | None,
+    heartbeat_interval: int,
+    grace_period: int,
+    out: str,
+    data: str | None,
+) -> None:
     """The final job: wait for tuning, work on repeats, wait for the rest, export the report.
 
     Example: rnntune evaluate --storage postgresql://rnntune@db/rnntune --out reports
@@ -271,12 +410,19 @@ def evaluate(storage: str, experiment: str, artifacts: str, device: str, threads
     from rnntune.worker import Worker
 
     rt = _runtime(storage, artifacts, device, threads, heartbeat_interval, grace_period)
-    w = Worker(storage, experiment, rt, data_override=data, evaluate_only=True,
-               on_event=lambda m: logging.getLogger("rnntune.evaluate").info("%s", m))
+    w = Worker(
+        storage,
+        experiment,
+        rt,
+        data_override=data,
+        evaluate_only=True,
+        on_event=lambda m: logging.getLogger("rnntune.evaluate").info("%s", m),
+    )
     summary = w.run()
     if not summary.finished:
-        raise RnntuneError("evaluation stopped before the end: rerun `rnntune evaluate` to "
-                           "continue")
+        raise RnntuneError(
+            "evaluation stopped before the end: rerun `rnntune evaluate` to continue"
+        )
     report, paths = finalize(w.storage, w.exp, out, artifacts, device=w.runtime.device)
     click.echo(summary_table(report))
     click.echo(f"report: {paths['md']} (also {paths['json']}, {paths['html']})")
@@ -286,10 +432,19 @@ def evaluate(storage: str, experiment: str, artifacts: str, device: str, threads
 @main.command(context_settings=CONTEXT)
 @storage_option
 @experiment_option
-@click.option("--format", "fmt", type=click.Choice(["md", "html", "json", "csv"]), default="md",
-              show_default=True, envvar="RNNTUNE_FORMAT")
-@click.option("--out", type=click.Path(dir_okay=False),
-              help="Write to this file (Markdown puts its plots beside it) [default: stdout].")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["md", "html", "json", "csv"]),
+    default="md",
+    show_default=True,
+    envvar="RNNTUNE_FORMAT",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Write to this file (Markdown puts its plots beside it) [default: stdout].",
+)
 @handle_errors
 def report(storage: str, experiment: str, fmt: str, out: str | None) -> None:
     """Export the report of an experiment, finished or not (an unfinished one says what is
@@ -316,8 +471,13 @@ def report(storage: str, experiment: str, fmt: str, out: str | None) -> None:
 @storage_option
 @experiment_option
 @click.option("--watch", is_flag=True, help="Refresh until the experiment is done.")
-@click.option("--interval", type=float, default=2.0, show_default=True,
-              help="Seconds between refreshes with --watch.")
+@click.option(
+    "--interval",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes with --watch.",
+)
 @handle_errors
 def status(storage: str, experiment: str, watch: bool, interval: float) -> None:
     """Trials by state against the budget, best values, repeats done, workers alive.
@@ -345,12 +505,21 @@ def status(storage: str, experiment: str, watch: bool, interval: float) -> None:
 # -- dashboard -------------------------------------------------------------------------------
 @main.command(context_settings=CONTEXT)
 @storage_option
-@click.option("--artifacts", envvar="RNNTUNE_ARTIFACTS", default="rnntune-artifacts",
-              show_default=True, help="The artifact directory the workers share.")
-@click.option("--host", envvar="RNNTUNE_DASHBOARD_HOST", default="127.0.0.1", show_default=True,
-              help="Interface to bind. optuna-dashboard has no authentication: keep it local.")
-@click.option("--port", type=int, envvar="RNNTUNE_DASHBOARD_PORT", default=8080,
-              show_default=True)
+@click.option(
+    "--artifacts",
+    envvar="RNNTUNE_ARTIFACTS",
+    default="rnntune-artifacts",
+    show_default=True,
+    help="The artifact directory the workers share.",
+)
+@click.option(
+    "--host",
+    envvar="RNNTUNE_DASHBOARD_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to bind. optuna-dashboard has no authentication: keep it local.",
+)
+@click.option("--port", type=int, envvar="RNNTUNE_DASHBOARD_PORT", default=8080, show_default=True)
 @handle_errors
 def dashboard(storage: str, artifacts: str, host: str, port: int) -> None:
     """Serve optuna-dashboard on the same storage and artifact store (read-only).

@@ -67,7 +67,7 @@ class ExperimentConfig:
     data: str = DEFAULT_DATA
     trials: int = 10
     repeats: int = 10
-    max_epochs: int = 8
+    max_epochs: int = 6
     patience: int = 3
     seed: int = 0
     objective: str = "macro_f1"
@@ -190,7 +190,9 @@ def build(explicit: dict[str, Any], base: ExperimentConfig | None = None) -> Exp
         elif key == "families":
             values["families"] = tuple(value)
         elif key == "search_space":
-            values["search_space"] = json.loads(json.dumps(value))
+            # Entries replace or add parameters: a file that only adds `num_layers` keeps the
+            # original study's space for the rest.
+            values["search_space"] = json.loads(json.dumps({**cfg.search_space, **value}))
         elif key in OPTION_TYPES:
             values[key] = _coerce(key, value)
         else:
@@ -213,24 +215,25 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         )
     for key, low in (("trials", 1), ("repeats", 1), ("max_epochs", 1), ("patience", 1)):
         if getattr(cfg, key) < low:
-            raise ConfigError(f"--{key.replace('_', '-')} must be at least {low}, got "
-                              f"{getattr(cfg, key)}")
+            raise ConfigError(
+                f"--{key.replace('_', '-')} must be at least {low}, got {getattr(cfg, key)}"
+            )
     if cfg.seed < 0:
         raise ConfigError(f"--seed must be a non-negative integer, got {cfg.seed}")
     if cfg.objective not in METRICS:
         raise ConfigError(
             f"unknown objective {cfg.objective!r}: choose one of {', '.join(METRICS)}"
         )
-    if not cfg.families or set(cfg.families) - set(FAMILIES) or len(set(cfg.families)) != len(
-        cfg.families
+    if (
+        not cfg.families
+        or set(cfg.families) - set(FAMILIES)
+        or len(set(cfg.families)) != len(cfg.families)
     ):
         raise ConfigError(
             f"families must be distinct names among {', '.join(FAMILIES)}, got {list(cfg.families)}"
         )
     if cfg.pruner.type not in PRUNERS:
-        raise ConfigError(
-            f"unknown pruner {cfg.pruner.type!r}: choose one of {', '.join(PRUNERS)}"
-        )
+        raise ConfigError(f"unknown pruner {cfg.pruner.type!r}: choose one of {', '.join(PRUNERS)}")
     if not (0 < cfg.val_fraction < 0.5 and 0 < cfg.test_fraction < 0.5):
         raise ConfigError("val_fraction and test_fraction must each be between 0 and 0.5")
     validate_search_space(cfg.search_space)
@@ -247,14 +250,14 @@ def validate_search_space(space: dict[str, dict[str, Any]]) -> None:
     for name, spec in space.items():
         where = f"search_space.{name}"
         if name not in TUNABLE:
-            raise ConfigError(
-                f"{where}: unknown parameter; tunable ones are {', '.join(TUNABLE)}"
-            )
+            raise ConfigError(f"{where}: unknown parameter; tunable ones are {', '.join(TUNABLE)}")
         if not isinstance(spec, dict) or "type" not in spec:
-            raise ConfigError(f"{where}: give a table with type = \"categorical\"|\"float\"|\"int\"")
+            raise ConfigError(f'{where}: give a table with type = "categorical"|"float"|"int"')
         kind = spec["type"]
         if kind not in TUNABLE[name]:
-            raise ConfigError(f"{where}: type {kind!r} not allowed; use {' or '.join(TUNABLE[name])}")
+            raise ConfigError(
+                f"{where}: type {kind!r} not allowed; use {' or '.join(TUNABLE[name])}"
+            )
         if kind == "categorical":
             choices = spec.get("choices")
             if not isinstance(choices, list) or not choices:
@@ -264,7 +267,9 @@ def validate_search_space(space: dict[str, dict[str, Any]]) -> None:
         else:
             low, high = spec.get("low"), spec.get("high")
             if not isinstance(low, int | float) or not isinstance(high, int | float) or low > high:
-                raise ConfigError(f"{where}: needs numbers low <= high, got low={low!r} high={high!r}")
+                raise ConfigError(
+                    f"{where}: needs numbers low <= high, got low={low!r} high={high!r}"
+                )
             if spec.get("log") and low <= 0:
                 raise ConfigError(f"{where}: a log scale needs low > 0")
             _check_value(name, low, where)

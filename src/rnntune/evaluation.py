@@ -112,7 +112,9 @@ def _claim(engine: Engine, query: Any, worker_id: str, now: Any) -> Job | None:
             return None
         if row.status == "running":
             log.warning(
-                "reclaiming %s repeat %d from silent worker %s", row.family, row.repeat,
+                "reclaiming %s repeat %d from silent worker %s",
+                row.family,
+                row.repeat,
                 row.worker_id,
             )
         row.status = "running"
@@ -128,8 +130,11 @@ def heartbeat(engine: Engine, job_id: int, worker_id: str) -> bool:
     with session_scope(engine) as s:
         res = s.execute(
             update(EvaluationRunRow)
-            .where(EvaluationRunRow.id == job_id, EvaluationRunRow.worker_id == worker_id,
-                   EvaluationRunRow.status == "running")
+            .where(
+                EvaluationRunRow.id == job_id,
+                EvaluationRunRow.worker_id == worker_id,
+                EvaluationRunRow.status == "running",
+            )
             .values(heartbeat_at=utcnow())
         )
         return res.rowcount == 1
@@ -141,8 +146,11 @@ def release(engine: Engine, job: Job, worker_id: str, error: str | None = None) 
     with session_scope(engine) as s:
         s.execute(
             update(EvaluationRunRow)
-            .where(EvaluationRunRow.id == job.id, EvaluationRunRow.worker_id == worker_id,
-                   EvaluationRunRow.status == "running")
+            .where(
+                EvaluationRunRow.id == job.id,
+                EvaluationRunRow.worker_id == worker_id,
+                EvaluationRunRow.status == "running",
+            )
             .values(status=status, worker_id=None, heartbeat_at=None, error=error)
         )
 
@@ -152,17 +160,25 @@ def complete(engine: Engine, job: Job, worker_id: str, result: dict[str, Any]) -
     with session_scope(engine) as s:
         res = s.execute(
             update(EvaluationRunRow)
-            .where(EvaluationRunRow.id == job.id, EvaluationRunRow.worker_id == worker_id,
-                   EvaluationRunRow.status == "running")
-            .values(status="done", finished_at=utcnow(), heartbeat_at=utcnow(), error=None,
-                    **result)
+            .where(
+                EvaluationRunRow.id == job.id,
+                EvaluationRunRow.worker_id == worker_id,
+                EvaluationRunRow.status == "running",
+            )
+            .values(
+                status="done", finished_at=utcnow(), heartbeat_at=utcnow(), error=None, **result
+            )
         )
         return res.rowcount == 1
 
 
 def checkpoint_path(artifacts: str, cfg: ExperimentConfig, job: Job) -> Path:
-    return Path(artifacts) / "checkpoints" / cfg.name / "evaluation" / (
-        f"{job.family}-repeat-{job.repeat:03d}.pt"
+    return (
+        Path(artifacts)
+        / "checkpoints"
+        / cfg.name
+        / "evaluation"
+        / (f"{job.family}-repeat-{job.repeat:03d}.pt")
     )
 
 
@@ -176,8 +192,14 @@ def run_job(
     )
     ckpt = checkpoint_path(runtime.artifacts, cfg, job)
     result = fit(
-        model_cfg, train_cfg, splits.X_train, splits.y_train, splits.X_val, splits.y_val,
-        checkpoint_path=ckpt, should_stop=should_stop,
+        model_cfg,
+        train_cfg,
+        splits.X_train,
+        splits.y_train,
+        splits.X_val,
+        splits.y_val,
+        checkpoint_path=ckpt,
+        should_stop=should_stop,
     )
     # The test split is used here, and only here.
     proba = predict_proba(result.model, splits.X_test, device=runtime.device)
@@ -217,8 +239,10 @@ def progress(engine: Engine, exp: Experiment) -> dict[str, EvalCounts]:
     acc: dict[str, dict[str, int]] = {f: {} for f in exp.config.families}
     for family, status, n in rows:
         acc.setdefault(family, {})[status] = n
-    return {f: EvalCounts(**{k: v for k, v in d.items() if k in EvalCounts.__annotations__})
-            for f, d in acc.items()}
+    return {
+        f: EvalCounts(**{k: v for k, v in d.items() if k in EvalCounts.__annotations__})
+        for f, d in acc.items()
+    }
 
 
 def all_done(engine: Engine, exp: Experiment, families: list[str]) -> bool:

@@ -158,6 +158,9 @@ def _create_studies(storage: RDBStorage, cfg: ExperimentConfig) -> None:
             direction="maximize",
             load_if_exists=True,
         )
+        if study.metric_names != [cfg.objective]:
+            # The dashboard labels the objective with this instead of "Objective 0".
+            study.set_metric_names([cfg.objective])
         if study.user_attrs.get("rnntune_experiment") != cfg.name:
             study.set_user_attr("rnntune_experiment", cfg.name)
             study.set_user_attr("family", family)

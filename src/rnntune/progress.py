@@ -97,10 +97,15 @@ def read(storage: Any, exp: Experiment, alive_within: int = 60) -> Progress:
 
 def table(p: Progress) -> str:
     """The status table: per family trials by state against the budget, best value, repeats."""
-    head = (f"{'family':<7}{'complete':>9}{'pruned':>8}{'failed':>8}{'running':>9}"
-            f"{'waiting':>9}{'budget':>8}{'best':>9}{'repeats':>10}")
-    lines = [f"experiment {p.experiment.name}: "
-             + ("done" if p.done else "tuning" if not p.tuning_done else "evaluating"), head]
+    head = (
+        f"{'family':<7}{'complete':>9}{'pruned':>8}{'failed':>8}{'running':>9}"
+        f"{'waiting':>9}{'budget':>8}{'best':>9}{'repeats':>10}"
+    )
+    lines = [
+        f"experiment {p.experiment.name}: "
+        + ("done" if p.done else "tuning" if not p.tuning_done else "evaluating"),
+        head,
+    ]
     for f in p.families:
         c = f.counts
         best = f"{f.best_value:.4f}" if f.best_value is not None else "-"

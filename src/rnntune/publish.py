@@ -21,7 +21,6 @@ from optuna_dashboard import save_note  # type: ignore[import-untyped]
 
 from rnntune.experiment import Experiment
 from rnntune.report import stats
-from rnntune.report.plots import make_plots
 from rnntune.storage import artifact_store, load_study
 
 log = logging.getLogger(__name__)
@@ -39,11 +38,15 @@ ARTIFACTS_ATTR_PREFIX = "artifacts:"
 
 
 def publish(
-    storage: Any, exp: Experiment, report: dict[str, Any], paths: dict[str, Path], artifacts: str
+    storage: Any,
+    exp: Experiment,
+    report: dict[str, Any],
+    paths: dict[str, Path],
+    plots: dict[str, Path],
+    artifacts: str,
 ) -> None:
+    """Attach the written report files and ``plots`` to every family's study."""
     store = artifact_store(artifacts)
-    plot_dir = Path(paths["html"]).parent / "report_plots"
-    plots = make_plots(report, plot_dir)
     files = [Path(paths["html"]), Path(paths["json"])] + [Path(p) for p in plots.values()]
     comparison = report.get("comparison") or {}
     for family in exp.config.families:

@@ -18,7 +18,7 @@ from rnntune import progress as progress_mod
 from rnntune.config import Runtime
 from rnntune.exceptions import RnntuneError
 from rnntune.experiment import Experiment, find_or_raise_by_name, mark_finished
-from rnntune.report import build_report, write
+from rnntune.report import build_report, write_all
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,24 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 def worker_command(storage: str, experiment: str, rt: Runtime, data: str | None) -> list[str]:
     cmd = [
-        sys.executable, "-m", "rnntune", "worker",
-        "--storage", storage,
-        "--experiment", experiment,
-        "--artifacts", rt.artifacts,
-        "--device", rt.device,
-        "--threads", str(rt.threads),
-        "--heartbeat-interval", str(rt.heartbeat_interval),
-        "--grace-period", str(rt.grace_period),
+        sys.executable,
+        "-m",
+        "rnntune",
+        "worker",
+        "--storage",
+        storage,
+        "--experiment",
+        experiment,
+        "--artifacts",
+        rt.artifacts,
+        "--device",
+        rt.device,
+        "--threads",
+        str(rt.threads),
+        "--heartbeat-interval",
+        str(rt.heartbeat_interval),
+        "--grace-period",
+        str(rt.grace_period),
     ]
     if data:
         cmd += ["--data", data]
@@ -110,16 +120,17 @@ def finalize(
     storage: Any, exp: Experiment, out_dir: str | Path, artifacts: str | None, device: str = "cpu"
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Write report.md/.json/.html into ``out_dir`` and publish them to the dashboard."""
+    from rnntune.train import resolve_device
+
     exp = find_or_raise_by_name(storage.engine, exp.name)
-    report = build_report(storage, exp, device=device)
-    out = Path(out_dir)
-    paths = {fmt: write(report, fmt, out / f"report.{fmt}") for fmt in REPORT_FORMATS}
+    report = build_report(storage, exp, device=str(resolve_device(device)))
+    paths, plots = write_all(report, out_dir, REPORT_FORMATS)
     mark_finished(storage.engine, exp, str(paths["md"]))
     if artifacts:
         from rnntune.publish import publish
 
         try:
-            publish(storage, exp, report, paths, artifacts)
+            publish(storage, exp, report, paths, plots, artifacts)
         except Exception as e:  # noqa: BLE001 - the files on disk are the primary result
             log.warning("could not publish the report to the dashboard: %s", e)
     return report, paths
@@ -135,8 +146,10 @@ def summary_table(report: dict[str, Any]) -> str:
             return f"{m['mean']:.4f} ± {m['std']:.4f}" if m else "-"
 
         best = f"{fam['best_value']:.4f}" if fam["best_value"] is not None else "-"
-        rows.append(f"{family:<7}{best:>10}{cell('accuracy'):>18}{cell('macro_f1'):>18}"
-                    f"{cell('roc_auc'):>18}")
+        rows.append(
+            f"{family:<7}{best:>10}{cell('accuracy'):>18}{cell('macro_f1'):>18}"
+            f"{cell('roc_auc'):>18}"
+        )
     rows.append(report["verdict"])
     return "\n".join(rows)
 

@@ -65,7 +65,10 @@ def distributions(space: dict[str, dict[str, Any]]) -> dict[str, BaseDistributio
             )
         else:
             out[name] = IntDistribution(
-                spec["low"], spec["high"], log=bool(spec.get("log", False)), step=spec.get("step", 1)
+                spec["low"],
+                spec["high"],
+                log=bool(spec.get("log", False)),
+                step=spec.get("step", 1),
             )
     return out
 
@@ -181,9 +184,7 @@ def fail_and_requeue(
     return done
 
 
-def stale_trial_ids(
-    study: optuna.Study, dead_workers: set[str], grace_period: int
-) -> list[int]:
+def stale_trial_ids(study: optuna.Study, dead_workers: set[str], grace_period: int) -> list[int]:
     """RUNNING trials whose heartbeat is older than the grace period, or whose worker is dead.
 
     Optuna's own check skips trials that never sent a heartbeat (a worker killed between claim and
@@ -232,9 +233,9 @@ def claim_trial(
 # -- the objective --------------------------------------------------------------------------
 def original_number(trial: Trial | FrozenTrial) -> int:
     system_attrs = (
-        trial.system_attrs if isinstance(trial, FrozenTrial) else trial.storage.get_trial_system_attrs(
-            trial._trial_id
-        )
+        trial.system_attrs
+        if isinstance(trial, FrozenTrial)
+        else trial.storage.get_trial_system_attrs(trial._trial_id)
     )
     root = system_attrs.get("failed_trial")
     return int(root) if root is not None else trial.number
@@ -245,7 +246,11 @@ def checkpoint_path(artifacts: str, cfg: ExperimentConfig, family: str, root: in
 
 
 def model_and_train_config(
-    family: str, params: dict[str, Any], cfg: ExperimentConfig, n_features: int, seed: int,
+    family: str,
+    params: dict[str, Any],
+    cfg: ExperimentConfig,
+    n_features: int,
+    seed: int,
     device: str,
 ) -> tuple[ModelConfig, TrainConfig]:
     from rnntune.models import ModelConfig
@@ -312,26 +317,33 @@ def run_trial(
         db_retry(lambda: trial.report(r.val_metric, r.epoch))
         if db_retry(trial.should_prune):
             raise optuna.TrialPruned(f"pruned at epoch {r.epoch}")
+
     from rnntune.train import fit
 
     t0 = time.perf_counter()
     try:
         result: FitResult = fit(
-            model_cfg, train_cfg, splits.X_train, splits.y_train, splits.X_val, splits.y_val,
-            checkpoint_path=ckpt, on_epoch=on_epoch, should_stop=should_stop,
+            model_cfg,
+            train_cfg,
+            splits.X_train,
+            splits.y_train,
+            splits.X_val,
+            splits.y_val,
+            checkpoint_path=ckpt,
+            on_epoch=on_epoch,
+            should_stop=should_stop,
         )
     except optuna.TrialPruned:
         frozen = db_retry(lambda: study._storage.get_trial(trial._trial_id))
         epochs_done = sorted(frozen.intermediate_values)
-        _record(
-            trial, db_retry, {"epochs_trained": len(epochs_done), "epochs_this_run": epochs}
-        )
+        _record(trial, db_retry, {"epochs_trained": len(epochs_done), "epochs_this_run": epochs})
         db_retry(lambda: _tell(study, trial, TrialState.PRUNED))
         _remove(ckpt)
         last = frozen.intermediate_values[epochs_done[-1]] if epochs_done else None
         resumed = epochs[0] - 1 if epochs else 0
-        return TrialOutcome(trial.number, TrialState.PRUNED, last, epochs, resumed,
-                            time.perf_counter() - t0)
+        return TrialOutcome(
+            trial.number, TrialState.PRUNED, last, epochs, resumed, time.perf_counter() - t0
+        )
     except Interrupted:
         with exclusive(rdb(study).engine, f"rnntune:claim:{study.study_name}"):
             fail_and_requeue(study, [trial._trial_id], "worker stopped (SIGTERM)", max_retry=10)
@@ -343,8 +355,9 @@ def run_trial(
         _record(trial, db_retry, {"fail_reason": reason, "epochs_this_run": epochs})
         db_retry(lambda: _tell(study, trial, TrialState.FAIL))
         _remove(ckpt)
-        return TrialOutcome(trial.number, TrialState.FAIL, None, epochs, 0,
-                            time.perf_counter() - t0)
+        return TrialOutcome(
+            trial.number, TrialState.FAIL, None, epochs, 0, time.perf_counter() - t0
+        )
     fit_seconds = time.perf_counter() - t0
     _record(
         trial,
@@ -365,8 +378,12 @@ def run_trial(
     db_retry(lambda: _tell(study, trial, TrialState.COMPLETE, value))
     _remove(ckpt)
     return TrialOutcome(
-        trial.number, TrialState.COMPLETE, value, result.epochs_this_run,
-        result.resumed_from_epoch, fit_seconds,
+        trial.number,
+        TrialState.COMPLETE,
+        value,
+        result.epochs_this_run,
+        result.resumed_from_epoch,
+        fit_seconds,
     )
 
 

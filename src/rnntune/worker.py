@@ -121,8 +121,10 @@ class Worker:
     # -- signals and stop ----------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if not self._stop.is_set():
-            self.on_event(f"received {signal.Signals(signum).name}: stopping after handing back "
-                          "the current work")
+            self.on_event(
+                f"received {signal.Signals(signum).name}: stopping after handing back "
+                "the current work"
+            )
         self._stop.set()
 
     def stop(self) -> None:
@@ -253,7 +255,7 @@ class Worker:
         seed = random.SystemRandom().randrange(2**31)
         self.studies = {
             f: self.db_retry(
-                lambda f=f: load_study(
+                lambda f=f, i=i: load_study(
                     self.storage,
                     cfg.study_name(f),
                     sampler=tuning.make_sampler(cfg, seed + i),
@@ -291,7 +293,11 @@ class Worker:
                     continue
                 t0 = time.perf_counter()
                 trial = tuning.claim_trial(
-                    self.studies[family], cfg, self.worker_id, dead, self.runtime.grace_period,
+                    self.studies[family],
+                    cfg,
+                    self.worker_id,
+                    dead,
+                    self.runtime.grace_period,
                     max_retry=3,
                 )
                 if trial is not None:
@@ -320,11 +326,14 @@ class Worker:
         if self.evaluate_only and time.monotonic() - self._last_wait_note > 30:
             self._last_wait_note = time.monotonic()
             waiting = ", ".join(
-                f"{f} {counts[f].finished}/{cfg.trials}" for f in cfg.families
+                f"{f} {counts[f].finished}/{cfg.trials}"
+                for f in cfg.families
                 if not tuning.family_done(cfg, counts[f])
             )
-            self.on_event(f"waiting for tuning ({waiting} trials finished) and for other "
-                          "workers' repeats; start `rnntune worker`s if none are running")
+            self.on_event(
+                f"waiting for tuning ({waiting} trials finished) and for other "
+                "workers' repeats; start `rnntune worker`s if none are running"
+            )
         self._stop.wait(self.runtime.poll_interval)
         return True
 
@@ -332,8 +341,14 @@ class Worker:
         self._set_task(f"{family} trial {trial.number}", trial_id=trial._trial_id)
         try:
             outcome = tuning.run_trial(
-                self.studies[family], trial, family, self.exp.config, self.splits, self.runtime,
-                self.should_stop, self.db_retry,
+                self.studies[family],
+                trial,
+                family,
+                self.exp.config,
+                self.splits,
+                self.runtime,
+                self.should_stop,
+                self.db_retry,
             )
         finally:
             self._set_task("idle")
@@ -341,11 +356,14 @@ class Worker:
         self._summary.fit_seconds += outcome.fit_seconds
         self._summary.outcomes.append(outcome)
         value = "" if outcome.value is None else f" value={outcome.value:.4f}"
-        resumed = f" (resumed after epoch {outcome.resumed_from_epoch})" if (
-            outcome.resumed_from_epoch
-        ) else ""
-        self.on_event(f"{family} trial {outcome.number} {outcome.state.name.lower()}{value}"
-                      f"{resumed}")
+        resumed = (
+            f" (resumed after epoch {outcome.resumed_from_epoch})"
+            if (outcome.resumed_from_epoch)
+            else ""
+        )
+        self.on_event(
+            f"{family} trial {outcome.number} {outcome.state.name.lower()}{value}{resumed}"
+        )
 
     def _run_job(self, job: evaluation.Job) -> None:
         self._set_task(f"{job.family} repeat {job.repeat}", job_id=job.id)
@@ -364,11 +382,16 @@ class Worker:
         if self.db_retry(lambda: evaluation.complete(self.engine, job, self.worker_id, result)):
             self._summary.repeats += 1
             m = result["metrics"]
-            self.on_event(f"{job.family} repeat {job.repeat} done: accuracy={m['accuracy']:.4f} "
-                          f"macro_f1={m['macro_f1']:.4f}")
+            self.on_event(
+                f"{job.family} repeat {job.repeat} done: accuracy={m['accuracy']:.4f} "
+                f"macro_f1={m['macro_f1']:.4f}"
+            )
         else:
-            log.warning("%s repeat %d was reclaimed by another worker; result dropped",
-                        job.family, job.repeat)
+            log.warning(
+                "%s repeat %d was reclaimed by another worker; result dropped",
+                job.family,
+                job.repeat,
+            )
 
     # -- registry ------------------------------------------------------------------------
     def _register(self) -> None:
@@ -376,10 +399,19 @@ class Worker:
 
         def _insert() -> None:
             with session_scope(self.engine) as s:
-                s.add(WorkerRow(id=self.worker_id, experiment_id=self.exp.id,
-                                hostname=self.hostname, pid=self.pid, process_token=token,
-                                status="running", task="starting", trials_done=0,
-                                repeats_done=0))
+                s.add(
+                    WorkerRow(
+                        id=self.worker_id,
+                        experiment_id=self.exp.id,
+                        hostname=self.hostname,
+                        pid=self.pid,
+                        process_token=token,
+                        status="running",
+                        task="starting",
+                        trials_done=0,
+                        repeats_done=0,
+                    )
+                )
 
         self.db_retry(_insert)
 
@@ -392,9 +424,13 @@ class Worker:
                 s.execute(
                     update(WorkerRow)
                     .where(WorkerRow.id == self.worker_id)
-                    .values(status="stopped", stopped_at=utcnow(), task=None,
-                            trials_done=self._summary.trials,
-                            repeats_done=self._summary.repeats)
+                    .values(
+                        status="stopped",
+                        stopped_at=utcnow(),
+                        task=None,
+                        trials_done=self._summary.trials,
+                        repeats_done=self._summary.repeats,
+                    )
                 )
         except Exception as e:  # noqa: BLE001 - the status row is informational
             log.warning("could not mark worker stopped: %s", str(e).splitlines()[0])

@@ -9,7 +9,16 @@ from rnntune.report.render import to_csv, to_json, to_markdown
 
 FORMATS = ("md", "html", "json", "csv")
 
-__all__ = ["FORMATS", "build_report", "render", "to_csv", "to_json", "to_markdown", "write"]
+__all__ = [
+    "FORMATS",
+    "build_report",
+    "render",
+    "to_csv",
+    "to_json",
+    "to_markdown",
+    "write",
+    "write_all",
+]
 
 
 def build_report(storage: Any, exp: Any, device: str = "cpu") -> dict[str, Any]:
@@ -37,17 +46,58 @@ def render(report: dict[str, Any], fmt: str) -> str:
 def write(report: dict[str, Any], fmt: str, path: str | Path) -> Path:
     """Write the report to ``path``; Markdown gets its PNG plots in ``<stem>_plots/`` beside it."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "md":
-        from rnntune.report.plots import make_plots
+    if fmt != "md":
+        _atomic_write(out, render(report, fmt))
+        return out
+    from rnntune.report.plots import plot_pngs
 
-        plot_dir = out.parent / f"{out.stem}_plots"
-        files = make_plots(report, plot_dir)
-        rel = {name: str(Path(p).relative_to(out.parent)) for name, p in files.items()}
-        text = to_markdown(report, plot_files=rel)
-    else:
-        text = render(report, fmt)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    files = _write_plots(plot_pngs(report), out.parent / f"{out.stem}_plots")
+    _write_markdown(report, out, files)
     return out
+
+
+def write_all(
+    report: dict[str, Any], out_dir: str | Path, formats: tuple[str, ...] = ("md", "json", "html")
+) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Write ``report.<fmt>`` for each format into ``out_dir``, drawing the plots once.
+
+    Returns the report files by format and the PNG plots (in ``report_plots/``) by name.
+    """
+    from rnntune.report.html import to_html
+    from rnntune.report.plots import plot_pngs
+
+    out = Path(out_dir)
+    pngs = plot_pngs(report)
+    plots = _write_plots(pngs, out / "report_plots")
+    paths: dict[str, Path] = {}
+    for fmt in formats:
+        path = out / f"report.{fmt}"
+        if fmt == "md":
+            _write_markdown(report, path, plots)
+        elif fmt == "html":
+            _atomic_write(path, to_html(report, images=pngs))
+        else:
+            _atomic_write(path, render(report, fmt))
+        paths[fmt] = path
+    return paths, plots
+
+
+def _write_plots(pngs: dict[str, bytes], directory: Path) -> dict[str, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, data in pngs.items():
+        files[name] = directory / f"{name}.png"
+        files[name].write_bytes(data)
+    return files
+
+
+def _write_markdown(report: dict[str, Any], path: Path, plots: dict[str, Path]) -> None:
+    rel = {name: str(p.relative_to(path.parent)) for name, p in plots.items()}
+    _atomic_write(path, to_markdown(report, plot_files=rel))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

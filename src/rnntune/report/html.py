@@ -153,13 +153,22 @@ def _toc(blocks: list[Block]) -> str:
     return f'<nav class="toc">{"".join(links)}</nav>' if links else ""
 
 
-def to_html(report: Mapping[str, Any], *, embed_plots: bool = True) -> str:
+def to_html(
+    report: Mapping[str, Any],
+    *,
+    embed_plots: bool = True,
+    images: Mapping[str, bytes] | None = None,
+) -> str:
     """The report as one self-contained HTML page (inline CSS, plots as base64 PNGs).
 
-    ``embed_plots=False`` leaves the plots out (faster, smaller), e.g. for a live status page.
+    ``embed_plots=False`` leaves the plots out (faster, smaller), e.g. for a live status page;
+    ``images`` passes plots already rendered (``plots.plot_pngs``) so they are drawn once.
     """
-    images: dict[str, bytes] = {}
-    if embed_plots:
+    if images is not None:
+        images = dict(images)
+    elif not embed_plots:
+        images = {}
+    else:
         from rnntune.report.plots import plot_pngs  # matplotlib only when plots are wanted
 
         images = plot_pngs(report)

@@ -102,12 +102,21 @@ def summarize_repeats(repeats: Sequence[Mapping[str, Any]]) -> dict[str, dict[st
     """
     done = _done(repeats)
     keys = sorted({k for r in done for k, v in (r.get("metrics") or {}).items() if _is_number(v)})
-    return {
+    out = {
         key: summarize(
             r["metrics"][key] for r in done if _is_number((r.get("metrics") or {}).get(key))
         )
         for key in keys
     }
+    for key, summary in out.items():
+        # Scores live in [0, 1]: a t-interval over few repeats can reach past that, which only
+        # says "too few repeats" in a form that reads as a bug. Clip, and say so.
+        if not key.endswith("_support") and all(_is_number(c) for c in summary["ci95"]):
+            lo, hi = summary["ci95"]
+            if lo < 0.0 or hi > 1.0:
+                summary["ci95"] = [max(0.0, lo), min(1.0, hi)]
+                summary["ci95_clipped"] = True
+    return out
 
 
 def family_values(family: Mapping[str, Any], metric: str = "macro_f1") -> dict[int, float]:

@@ -20,8 +20,10 @@ def normalize_url(url: str) -> str:
     """
     text = url.strip()
     if not text:
-        raise ConfigError("the storage URL is empty: pass --storage sqlite:///rnntune.db or a "
-                          "postgresql://user:password@host/db URL")
+        raise ConfigError(
+            "the storage URL is empty: pass --storage sqlite:///rnntune.db or a "
+            "postgresql://user:password@host/db URL"
+        )
     if text.startswith("postgres://"):  # Heroku-style alias
         text = "postgresql://" + text[len("postgres://") :]
     try:

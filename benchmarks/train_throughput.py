@@ -10,8 +10,10 @@ data, in the same run, for every family x hidden size x batch size:
   the device, ``torch.optim.Adam`` defaults, ``loss.item()`` per batch.
 
 Each cell is timed ``--repeats`` times, alternating which loop goes first, and the best time
-of each loop is kept (the least disturbed by other processes). ``--same-optimizer`` gives
-the baseline rnntune's optimizer too, isolating the loop itself.
+of each loop is kept (the least disturbed by other processes). With one CPU thread the clock
+is this process's CPU time (``--clock``), which other processes on a shared machine inflate
+far less than wall time. ``--same-optimizer`` gives the baseline rnntune's fused Adam too,
+isolating the loop itself.
 
     python benchmarks/train_throughput.py --quick
     python benchmarks/train_throughput.py --threads 2 --check
@@ -116,8 +118,9 @@ def measure(
     epochs: int,
     repeats: int,
     same_optimizer: bool,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[float, float]:
-    """Best sequences/second of (rnntune, baseline) for one cell."""
+    """Best sequences/second of (rnntune, baseline) for one cell, timed by ``clock``."""
     torch.manual_seed(0)
     config = ModelConfig(cell=cell, input_size=X.shape[2], hidden_size=hidden)
     state = RecurrentClassifier(config).state_dict()
@@ -131,10 +134,10 @@ def measure(
     for r in range(repeats):
         for name in ("rnntune", "baseline") if r % 2 == 0 else ("baseline", "rnntune"):
             _sync(device)
-            start = time.perf_counter()
+            start = clock()
             runs[name](epochs)
             _sync(device)
-            best[name] = min(best[name], time.perf_counter() - start)
+            best[name] = min(best[name], clock() - start)
     n = X.shape[0] * epochs
     return n / best["rnntune"], n / best["baseline"]
 
@@ -155,12 +158,17 @@ def _ints(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--n", type=int, default=20_000, help="training sequences")
     parser.add_argument("--length", type=int, default=50)
     parser.add_argument("--features", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=1, help="epochs per timed run")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per loop; best kept")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per loop, best kept [3; quick: 5]"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--families", default=",".join(FAMILIES))
@@ -171,16 +179,30 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="give the baseline rnntune's fused Adam too (compare the loops alone)",
     )
-    parser.add_argument("--quick", action="store_true", help="n=3000: a rough table in ~1 min")
+    parser.add_argument(
+        "--clock",
+        choices=("auto", "wall", "cpu"),
+        default="auto",
+        help="cpu: this process's CPU time, which other processes on a shared machine do not "
+        "inflate (auto: cpu for one CPU thread, else wall)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="n=2000 (short epochs, more repeats): ~1-2 min"
+    )
     parser.add_argument(
         "--check", action="store_true", help="exit 1 if any CPU ratio rnntune/baseline < 1.0"
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.n = min(args.n, 3000)
+        args.n = min(args.n, 2000)
+    if args.repeats is None:
+        args.repeats = 5 if args.quick else 3
 
     set_threads(args.threads)
     device = resolve_device(args.device)
+    if args.clock == "auto":
+        args.clock = "cpu" if device.type == "cpu" and args.threads == 1 else "wall"
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     X_np, y_np = make_synthetic(args.n, args.length, args.features, seed=0)
     X_np = (X_np - X_np.mean(axis=(0, 1))) / X_np.std(axis=(0, 1))
     X, y = torch.from_numpy(np.ascontiguousarray(X_np)), torch.from_numpy(y_np)
@@ -191,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         f"device: {device} ({name or 'unknown CPU'}, {os.cpu_count()} cores, load average "
         f"{os.getloadavg()[0]:.1f}); torch {torch.__version__}, {torch.get_num_threads()} "
         f"thread(s); n={args.n} length={args.length} features={args.features} "
-        f"epochs={args.epochs} repeats={args.repeats}"
+        f"epochs={args.epochs} repeats={args.repeats} clock={args.clock}"
     )
     print(
         "rnntune: train_epoch (device tensors, permutation gather, slices, fused Adam); "
@@ -216,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.epochs,
                     args.repeats,
                     args.same_optimizer,
+                    clock,
                 )
                 ratios[cell].append(ours / theirs)
                 print(

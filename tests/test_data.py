@@ -25,7 +25,7 @@ from rnntune.data import (
 )
 from rnntune.exceptions import ConfigError, DataError, RnntuneError
 
-GOLDEN_FINGERPRINT = "sha256:b6febac16c19ee4c16205ef8abe88b7952d1676c19c6a506b65050a72755db9c"
+GOLDEN_FINGERPRINT = "sha256:edaea41236c96d2e640c2b0472c937c93c9844989455f4102ee720386e7b6366"
 
 # --------------------------------------------------------------------------------------------
 # Helpers
@@ -416,8 +416,8 @@ def test_csv_quoting_blank_lines_bom_and_hash(tmp_path: pathlib.Path) -> None:
     )
     path.write_text(text, encoding="utf-8")
     ds = load_dataset(f"csv:{path}")
-    np.testing.assert_array_equal(ds.X[:, :, 0], [[1.5, 0.5], [2.5, 3.5]])
-    np.testing.assert_array_equal(ds.y, [1, 0])
+    np.testing.assert_array_equal(ds.X[:, :, 0], [[2.5, 3.5], [1.5, 0.5]])  # "b" sorts first
+    np.testing.assert_array_equal(ds.y, [0, 1])
 
 
 def test_csv_missing_file(tmp_path: pathlib.Path) -> None:

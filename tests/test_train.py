@@ -394,18 +394,18 @@ def test_classification_metrics_one_predicted_class() -> None:
 
 
 def test_gru_learns_the_synthetic_task() -> None:
-    s = split_dataset(load_dataset("synthetic:n=8000,length=30,seed=0"), seed=0)
+    s = split_dataset(load_dataset("synthetic:n=6000,length=30,seed=0"), seed=0)
     start = time.perf_counter()
     result = fit(
         ModelConfig(cell="gru", input_size=4, hidden_size=32),
-        TrainConfig(learning_rate=5e-3, batch_size=32, max_epochs=6, patience=6),
+        TrainConfig(learning_rate=5e-3, batch_size=32, max_epochs=5, patience=5),
         s.X_train,
         s.y_train,
         s.X_val,
         s.y_val,
     )
     elapsed = time.perf_counter() - start
+    # About 0.73 here; always-Normal scores 0.42, and a tuned model on more data ~0.85.
     assert result.best_val_metric > 0.65, [h.val_metric for h in result.history]
-    test_f1 = score("macro_f1", s.y_test, predict_proba(result.model, s.X_test))
-    assert test_f1 > 0.6
-    assert elapsed < 60  # ~5 s on one idle core
+    assert score("macro_f1", s.y_test, predict_proba(result.model, s.X_test)) > 0.6
+    assert elapsed < 60  # ~4 s on one idle core

@@ -5,6 +5,7 @@ Pure torch: no I/O, no Optuna, no database.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ __all__ = ["FAMILIES", "ModelConfig", "RecurrentClassifier"]
 
 FAMILIES = ("rnn", "gru", "lstm")
 
-_CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+_CELLS: dict[str, Callable[..., nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
 
 @dataclass(frozen=True)

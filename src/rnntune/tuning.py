@@ -362,13 +362,12 @@ def run_trial(
     _record(
         trial,
         db_retry,
+        # Each attribute is a round trip: keep to what a reader of the trial needs
+        # (resumed_from_epoch was written at the first epoch).
         {
             "epochs_trained": result.epochs_trained,
             "best_epoch": result.best_epoch,
-            "resumed_from_epoch": result.resumed_from_epoch,
             "epochs_this_run": result.epochs_this_run,
-            "train_seconds": round(result.train_seconds, 3),
-            "stopped_early": result.stopped_early,
         },
     )
     value = float(result.best_val_metric)

@@ -319,7 +319,9 @@ def run(
         return
     if not prog.done:
         run_workers(st, storage, exp, rt, workers, opts.get("data"), click.echo)
-    report, paths = finalize(st, exp, out, artifacts, device=rt.device)
+    from rnntune.train import resolve_device
+
+    report, paths = finalize(st, exp, out, artifacts, device=str(resolve_device(rt.device)))
     click.echo("")
     click.echo(summary_table(report))
     click.echo(

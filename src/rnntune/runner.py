@@ -119,11 +119,12 @@ def run_workers(
 def finalize(
     storage: Any, exp: Experiment, out_dir: str | Path, artifacts: str | None, device: str = "cpu"
 ) -> tuple[dict[str, Any], dict[str, Path]]:
-    """Write report.md/.json/.html into ``out_dir`` and publish them to the dashboard."""
-    from rnntune.train import resolve_device
+    """Write report.md/.json/.html into ``out_dir`` and publish them to the dashboard.
 
+    ``device``: what the work ran on, as the report should say it (already resolved).
+    """
     exp = find_or_raise_by_name(storage.engine, exp.name)
-    report = build_report(storage, exp, device=str(resolve_device(device)))
+    report = build_report(storage, exp, device=device)
     paths, plots = write_all(report, out_dir, REPORT_FORMATS)
     mark_finished(storage.engine, exp, str(paths["md"]))
     if artifacts:

@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 
 WORKER_ATTR = "rnntune:worker"
 REASON_ATTR = "rnntune:fail_reason"
+# User attributes that describe one attempt at a trial (not carried over to its retry).
+ATTEMPT_ATTRS = frozenset(
+    {"resumed_from_epoch", "epochs_this_run", "epochs_trained", "best_epoch", "fail_reason"}
+)
 LIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
@@ -156,10 +160,12 @@ def gave_up(cfg: ExperimentConfig, counts: Counts) -> bool:
 
 def requeue(study: optuna.Study, frozen: FrozenTrial, max_retry: int) -> None:
     """Enqueue a retry of a failed trial: same parameters, its reported epochs inherited."""
-    # The retry inherits the failed trial's attributes; ours describe that attempt, not the retry.
+    # The retry inherits the failed trial's attributes; these describe that attempt, not the
+    # retry (a retry killed before its first epoch must not look as if it had resumed).
     frozen.system_attrs = {
         k: v for k, v in frozen.system_attrs.items() if not k.startswith("rnntune:")
     }
+    frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ATTEMPT_ATTRS}
     RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)(
         study, frozen
     )

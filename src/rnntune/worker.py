@@ -31,6 +31,7 @@ from rnntune.config import Runtime
 from rnntune.exceptions import Interrupted, StorageError
 from rnntune.experiment import Experiment, find_or_raise_by_name, load_data, verify_data
 from rnntune.storage import (
+    MAX_RETRY,
     WorkerRow,
     check_schema,
     load_study,
@@ -298,7 +299,7 @@ class Worker:
                     self.worker_id,
                     dead,
                     self.runtime.grace_period,
-                    max_retry=3,
+                    max_retry=MAX_RETRY,
                 )
                 if trial is not None:
                     self._run_trial(family, trial)

@@ -2,6 +2,7 @@
 
 from ._engine import (
     MAX_OVERFLOW,
+    MAX_RETRY,
     POOL_SIZE,
     artifact_store,
     engine_kwargs,
@@ -17,6 +18,7 @@ from ._url import DEFAULT_STORAGE, is_sqlite, mask_url, normalize_url, sqlite_pa
 __all__ = [
     "DEFAULT_STORAGE",
     "MAX_OVERFLOW",
+    "MAX_RETRY",
     "POOL_SIZE",
     "Base",
     "EvaluationRunRow",

@@ -76,15 +76,16 @@ def test_kill_storm(storage_url: str, tmp_path: Path) -> None:
     """SIGKILL a random worker at random moments (>= 5 kills), replacing it each time:
     3 workers on PostgreSQL, 2 on SQLite."""
     pg_url = storage_url
-    data = "synthetic:n=1200,length=30,features=3,seed=4"
-    _init(pg_url, tmp_path, trials_=6, repeats=2, epochs=4, data=data)
+    # Big enough that, on a quiet machine too, the storm lands >= 5 kills before tuning ends.
+    data = "synthetic:n=1600,length=30,features=3,seed=4"
+    _init(pg_url, tmp_path, trials_=8, repeats=2, epochs=4, data=data)
     rng = random.Random(7)
     n_workers = 2 if pg_url.startswith("sqlite") else 3
     procs = [start_worker(pg_url, tmp_path) for _ in range(n_workers)]
     kills = 0
     deadline = time.monotonic() + 240
     while kills < 6 and time.monotonic() < deadline:
-        time.sleep(rng.uniform(1.0, 3.5))
+        time.sleep(rng.uniform(0.5, 2.0))
         running = [
             t
             for f in ("rnn", "gru", "lstm")
@@ -92,7 +93,7 @@ def test_kill_storm(storage_url: str, tmp_path: Path) -> None:
             if t.state == TrialState.RUNNING and t.intermediate_values
         ]
         if not running:
-            if sum(finished(pg_url).values()) >= 18:
+            if sum(finished(pg_url).values()) >= 24:
                 break
             continue
         victim = rng.choice([p for p in procs if p.poll() is None])
@@ -104,7 +105,7 @@ def test_kill_storm(storage_url: str, tmp_path: Path) -> None:
     outs = wait_all(procs, timeout=400)
     assert all(p.returncode == 0 for p in procs), "\n=====\n".join(o[-3000:] for o in outs)
     assert not any("database is locked" in o for o in outs)
-    res = assert_exact(pg_url, budget=6, repeats=2)
+    res = assert_exact(pg_url, budget=8, repeats=2)
 
     resumed = 0
     for family in ("rnn", "gru", "lstm"):

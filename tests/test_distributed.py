@@ -138,7 +138,8 @@ def test_kill_storm(storage_url: str, tmp_path: Path) -> None:
             assert done_before <= start <= done_before + 1, (t.number, done_before, start)
             if retry.state in (TrialState.COMPLETE, TrialState.PRUNED):
                 trained = retry.user_attrs["epochs_this_run"]
-                assert trained[0] == start + 1, (trained, start)
+                if trained:  # empty when the checkpoint already held the final epoch
+                    assert trained[0] == start + 1, (trained, start)
             if start > 0:
                 resumed += 1
             assert by_number[t.number].params == retry.params

@@ -374,6 +374,8 @@ def run_trial(
             "epochs_trained": result.epochs_trained,
             "best_epoch": result.best_epoch,
             "epochs_this_run": result.epochs_this_run,
+            # A retry whose checkpoint already held the last epoch trains none: say so here.
+            **({} if epochs else {"resumed_from_epoch": result.resumed_from_epoch}),
         },
     )
     value = float(result.best_val_metric)

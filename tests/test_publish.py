@@ -8,11 +8,9 @@ One finished experiment per backend (a real `rnntune run`) is shared by the whol
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +21,13 @@ import optuna
 import pytest
 from optuna.artifacts import get_all_artifact_meta
 from optuna_dashboard import get_note
-from sqlalchemy import text
 
 from rnntune.dashboard import make_app
 from rnntune.experiment import find_or_raise_by_name
 from rnntune.report import stats
 from rnntune.runner import finalize
 from rnntune.storage import open_optuna_storage
-from tests.conftest import PG_SERVER, TINY_DATA, _pg_admin, pg_available, rnntune
+from tests.conftest import TINY_DATA, fresh_pg_database, rnntune
 from tests.helpers import FAST
 
 pytestmark = pytest.mark.slow
@@ -63,20 +60,8 @@ class Finished:
 @pytest.fixture(scope="module")
 def module_pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this module (conftest's ``pg_url`` is per test)."""
-    if not pg_available():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is not reachable at {PG_SERVER} (CI must start it)")
-        pytest.skip(f"PostgreSQL is not reachable at {PG_SERVER}")
-    name = f"rnntune_test_{uuid.uuid4().hex[:10]}"
-    admin = _pg_admin()
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{PG_SERVER}/{name}".replace("postgresql+psycopg2://", "postgresql://")
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_pg_database() as url:
+        yield url
 
 
 @pytest.fixture(

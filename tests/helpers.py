@@ -85,7 +85,7 @@ def wait_all(procs: list[subprocess.Popen[str]], timeout: float) -> list[str]:
 
 
 def trials(url: str, family: str, experiment: str = "default") -> list[optuna.trial.FrozenTrial]:
-    st = open_optuna_storage(url, read_only=True)
+    st = open_optuna_storage(url, read_only=True, reader=True)
     return optuna.load_study(study_name=f"{experiment}.{family}", storage=st).get_trials()
 
 
@@ -107,7 +107,7 @@ def wait_for(pred: Any, timeout: float, interval: float = 0.3) -> None:
 
 def assert_exact(url: str, budget: int, repeats: int, experiment: str = "default") -> dict:
     """Exactly ``budget`` finished trials per family, nothing live left, each repeat once."""
-    st = open_optuna_storage(url, read_only=True)
+    st = open_optuna_storage(url, read_only=True, reader=True)
     exp = find_or_raise_by_name(st.engine, experiment)
     out: dict[str, Any] = {}
     for family in exp.config.families:

@@ -109,7 +109,6 @@ def test_kill_storm(storage_url: str, tmp_path: Path) -> None:
 
     resumed = 0
     for family in ("rnn", "gru", "lstm"):
-        by_number = {t.number: t for t in res[family]}
         for t in res[family]:
             if t.state != TrialState.FAIL:
                 continue
@@ -127,7 +126,10 @@ def test_kill_storm(storage_url: str, tmp_path: Path) -> None:
                 # trial is sampled in its place, so the budget above is still exact).
                 assert len(t.system_attrs.get("retry_history", [])) + 1 > MAX_RETRY
                 continue
-            assert retry.params == t.params  # retried with identical parameters
+            # Retried with identical parameters. A worker killed while it was still drawing them
+            # leaves only the first few stored: the retry keeps those and draws the rest.
+            assert t.params.items() <= retry.params.items(), (t.params, retry.params)
+            assert set(retry.params) == {"hidden_size", "learning_rate", "batch_size"}
             # It resumed from the checkpoint of the last finished epoch, not from scratch:
             # the epochs it reported before the kill are inherited, and training restarted after
             # the checkpoint epoch (a kill between checkpoint and report loses no epoch either).
@@ -142,7 +144,6 @@ def test_kill_storm(storage_url: str, tmp_path: Path) -> None:
                     assert trained[0] == start + 1, (trained, start)
             if start > 0:
                 resumed += 1
-            assert by_number[t.number].params == retry.params
     assert resumed >= 1, "no killed trial resumed from a checkpoint: the test proved nothing"
 
 

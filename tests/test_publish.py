@@ -50,7 +50,8 @@ class Finished:
 
     def study(self, family: str) -> optuna.Study:
         return optuna.load_study(
-            study_name=f"default.{family}", storage=open_optuna_storage(self.url, read_only=True)
+            study_name=f"default.{family}",
+            storage=open_optuna_storage(self.url, read_only=True, reader=True),
         )
 
     def report(self) -> dict[str, Any]:

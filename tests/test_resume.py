@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from rnntune import evaluation
 from rnntune.experiment import find_or_raise_by_name
 from rnntune.storage import open_optuna_storage
 from tests.conftest import rnntune
-from tests.helpers import FAST, assert_exact, finished, wait_for
+from tests.helpers import FAST, assert_exact, finished
 
 pytestmark = pytest.mark.slow
 
@@ -43,13 +44,34 @@ def _args(url: str, cwd: Path) -> list[str]:
 
 
 def _start(url: str, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "rnntune", *_args(url, cwd)],
-        cwd=cwd,
-        text=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "RNNTUNE_LOG_LEVEL": "WARNING"},
+    """A real `rnntune run`; its output goes to a file the test shows if the run misbehaves."""
+    log = cwd / f"run-{len(list(cwd.glob('run-*.log')))}.log"
+    with log.open("w") as out:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "rnntune", *_args(url, cwd)],
+            cwd=cwd,
+            text=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RNNTUNE_LOG_LEVEL": "INFO"},
+        )
+    p.log = log  # type: ignore[attr-defined]
+    return p
+
+
+def _wait_alive(p: subprocess.Popen[str], pred, timeout: float, interval: float = 0.3) -> None:  # noqa: ANN001
+    """Wait for ``pred`` while the run is alive; fail at once, with its output, if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _safe(pred):
+            return
+        if p.poll() is not None:
+            break
+        time.sleep(interval)
+    _sigkill(p)
+    raise AssertionError(
+        f"run exited with {p.returncode} or timed out after {timeout}s before the condition;"
+        f" its output:\n{p.log.read_text()[-4000:]}"  # type: ignore[attr-defined]
     )
 
 
@@ -63,21 +85,22 @@ def _repeats_done(url: str) -> int:
 
 
 def _sigkill(p: subprocess.Popen[str]) -> None:
-    os.kill(p.pid, signal.SIGKILL)
+    if p.poll() is None:
+        os.kill(p.pid, signal.SIGKILL)
     p.wait(10)
 
 
 def test_sigkill_during_tuning_and_evaluation_then_resume(storage_url: str, tmp_path: Path) -> None:
     # 1. Kill the whole `rnntune run` (its workers die with it) in the middle of tuning.
     p = _start(storage_url, tmp_path)
-    wait_for(lambda: _safe(lambda: sum(finished(storage_url).values()) >= 3), timeout=180)
+    _wait_alive(p, lambda: sum(finished(storage_url).values()) >= 3, timeout=180)
     _sigkill(p)
     mid = finished(storage_url)
     assert sum(mid.values()) < 12, "killed too late to test anything"
 
     # 2. Resume; kill again once evaluation has started but is not finished.
     p = _start(storage_url, tmp_path)
-    wait_for(lambda: _safe(lambda: _repeats_done(storage_url) >= 1), timeout=300, interval=0.1)
+    _wait_alive(p, lambda: _repeats_done(storage_url) >= 1, timeout=300, interval=0.1)
     _sigkill(p)
     assert _repeats_done(storage_url) < 9, "killed too late to test anything"
     # Trials finished before each kill are kept.

@@ -458,7 +458,7 @@ def report(storage: str, experiment: str, fmt: str, out: str | None) -> None:
     from rnntune.report import build_report, render, write
     from rnntune.storage import open_optuna_storage
 
-    st = open_optuna_storage(storage, read_only=True)
+    st = open_optuna_storage(storage, read_only=True, reader=True)
     exp = find_or_raise_by_name(st.engine, experiment)
     rep = build_report(st, exp)
     if out:
@@ -490,7 +490,7 @@ def status(storage: str, experiment: str, watch: bool, interval: float) -> None:
     from rnntune.experiment import find_or_raise_by_name
     from rnntune.storage import open_optuna_storage
 
-    st = open_optuna_storage(storage, read_only=True)
+    st = open_optuna_storage(storage, read_only=True, reader=True)
     exp = find_or_raise_by_name(st.engine, experiment)
     while True:
         p = progress_mod.read(st, exp)

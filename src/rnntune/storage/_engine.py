@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from contextlib import closing
 from typing import Any
 
 import optuna
@@ -52,6 +53,7 @@ def open_optuna_storage(
     url: str,
     *,
     read_only: bool = False,
+    reader: bool = False,
     create_tables: bool = False,
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
@@ -62,11 +64,15 @@ def open_optuna_storage(
     With a heartbeat interval, a trial whose heartbeat stops for ``grace_period`` seconds is failed
     and re-enqueued with the same parameters (RetryHeartbeatStaleTrialCallback), up to
     ``max_retry`` times, inheriting its reported epochs so the retry resumes where it stopped.
+
+    ``read_only`` never creates tables. ``reader`` is for processes that only read (status,
+    report): on SQLite their transactions stay deferred, and a WAL reader never waits for, nor
+    blocks, a writer.
     """
     url = normalize_url(url)
     sqlite = is_sqlite(url)
     if sqlite:
-        _prepare_sqlite_file(url, create=create_tables)
+        _prepare_sqlite_file(url, create=create_tables, wal=not reader)
     callback = None
     if heartbeat_interval is not None:
         callback = RetryHeartbeatStaleTrialCallback(
@@ -88,12 +94,12 @@ def open_optuna_storage(
             f"cannot open the study database at {mask_url(url)} ({_short(e)}): check the URL and "
             "that the server is running; a new database needs `rnntune init` first"
         ) from e
-    if sqlite:
+    if sqlite and not reader:
         _serialise_sqlite_writers(storage.engine)
     return storage
 
 
-def _prepare_sqlite_file(url: str, *, create: bool) -> None:
+def _prepare_sqlite_file(url: str, *, create: bool, wal: bool) -> None:
     path = sqlite_path(url)
     if not path.exists() and not create:
         raise StorageError(
@@ -101,8 +107,10 @@ def _prepare_sqlite_file(url: str, *, create: bool) -> None:
             "or point --storage at the right file"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not wal:
+        return
     # WAL lets readers (status, dashboard) run beside a writer; it is a property of the file.
-    with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
+    with closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)) as conn:
         conn.execute("PRAGMA journal_mode=WAL")
 
 

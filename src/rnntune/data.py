@@ -679,6 +679,11 @@ class Splits:
     mean: np.ndarray = field(repr=False)
     std: np.ndarray = field(repr=False)
 
+    def fit_parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``X_train, y_train, X_val, y_val``: all that training and model selection may see
+        (the test part is for the final evaluation only)."""
+        return self.X_train, self.y_train, self.X_val, self.y_val
+
     def describe(self) -> dict[str, dict[str, int]]:
         """Sizes and class counts per part."""
         return {

@@ -194,10 +194,7 @@ def run_job(
     result = fit(
         model_cfg,
         train_cfg,
-        splits.X_train,
-        splits.y_train,
-        splits.X_val,
-        splits.y_val,
+        *splits.fit_parts(),
         checkpoint_path=ckpt,
         should_stop=should_stop,
     )

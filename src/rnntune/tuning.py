@@ -288,7 +288,8 @@ class TrialOutcome:
     value: float | None
     epochs_this_run: list[int]
     resumed_from_epoch: int
-    fit_seconds: float = 0.0  # time inside the training loop (incl. checkpoint writes)
+    # Time in the training loop (incl. checkpoint writes), less its per-epoch database calls.
+    fit_seconds: float = 0.0
 
 
 def run_trial(
@@ -313,15 +314,20 @@ def run_trial(
     )
 
     epochs: list[int] = []  # the epochs this attempt actually trained
+    in_storage = [0.0]  # seconds spent on the database from inside the training loop
+    prunes = not isinstance(study.pruner, optuna.pruners.NopPruner)
 
     def on_epoch(r: EpochResult) -> None:
+        t = time.perf_counter()
         if not epochs:
             # Recorded as soon as it is known, so a test (or a person) can see where a retry
             # picked up even if this attempt is killed too.
             db_retry(lambda: trial.set_user_attr("resumed_from_epoch", r.epoch - 1))
         epochs.append(r.epoch)
         db_retry(lambda: trial.report(r.val_metric, r.epoch))
-        if db_retry(trial.should_prune):
+        prune = prunes and db_retry(trial.should_prune)
+        in_storage[0] += time.perf_counter() - t
+        if prune:
             raise optuna.TrialPruned(f"pruned at epoch {r.epoch}")
 
     from rnntune.train import fit
@@ -331,10 +337,7 @@ def run_trial(
         result: FitResult = fit(
             model_cfg,
             train_cfg,
-            splits.X_train,
-            splits.y_train,
-            splits.X_val,
-            splits.y_val,
+            *splits.fit_parts(),
             checkpoint_path=ckpt,
             on_epoch=on_epoch,
             should_stop=should_stop,
@@ -348,7 +351,12 @@ def run_trial(
         last = frozen.intermediate_values[epochs_done[-1]] if epochs_done else None
         resumed = epochs[0] - 1 if epochs else 0
         return TrialOutcome(
-            trial.number, TrialState.PRUNED, last, epochs, resumed, time.perf_counter() - t0
+            trial.number,
+            TrialState.PRUNED,
+            last,
+            epochs,
+            resumed,
+            time.perf_counter() - t0 - in_storage[0],
         )
     except Interrupted:
         with exclusive(rdb(study).engine, f"rnntune:claim:{study.study_name}"):
@@ -362,9 +370,9 @@ def run_trial(
         db_retry(lambda: _tell(study, trial, TrialState.FAIL))
         _remove(ckpt)
         return TrialOutcome(
-            trial.number, TrialState.FAIL, None, epochs, 0, time.perf_counter() - t0
+            trial.number, TrialState.FAIL, None, epochs, 0, time.perf_counter() - t0 - in_storage[0]
         )
-    fit_seconds = time.perf_counter() - t0
+    fit_seconds = time.perf_counter() - t0 - in_storage[0]
     _record(
         trial,
         db_retry,
@@ -401,10 +409,9 @@ def _record(trial: Trial, db_retry: Callable[[Callable[[], Any]], Any], attrs: d
 
 def _tell(study: optuna.Study, trial: Trial, state: TrialState, value: float | None = None) -> None:
     """Tell, tolerating a retry after a lost acknowledgement (the first tell went through)."""
-    current = study._storage.get_trial(trial._trial_id).state
-    if current.is_finished():
-        return
-    study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    study.tell(
+        trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True
+    )
 
 
 def _remove(path: Path) -> None:

@@ -40,7 +40,7 @@ from rnntune.storage import (
     session_scope,
     utcnow,
 )
-from rnntune.train import resolve_device, set_threads
+from rnntune.train import resolve_device, set_threads, warm_up
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -251,6 +251,7 @@ class Worker:
         loaded = load_data(cfg, self.data_override)
         verify_data(self.exp, loaded)
         self.splits = loaded.splits
+        warm_up(device)
         self._register()
         self._ensure_heartbeat()
         seed = random.SystemRandom().randrange(2**31)

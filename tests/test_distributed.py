@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 from optuna.trial import TrialState
 
-from rnntune.storage import MAX_RETRY
+from rnntune.storage import MAX_RETRY, exclusive, open_optuna_storage
+from rnntune.tuning import fail_and_requeue
 from tests.conftest import rnntune
 from tests.helpers import (
     assert_exact,
@@ -192,6 +194,48 @@ def test_sigterm_stops_within_10s_and_hands_the_trial_back(pg_url: str, tmp_path
     wait_all([q], timeout=300)
     assert q.returncode == 0
     assert_exact(pg_url, budget=3, repeats=1)
+
+
+@pytest.mark.postgres
+def test_a_worker_whose_trial_was_taken_over_drops_it_and_goes_on(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A live worker whose heartbeat went stale (a long outage, a stalled host) finds at its next
+    epoch that a peer failed and re-enqueued its trial: it drops that attempt, keeps the
+    checkpoint for the retry, and carries on; it does not crash."""
+    data = "synthetic:n=1500,length=40,features=3,seed=6"
+    _init(pg_url, tmp_path, trials_=2, repeats=1, epochs=6, data=data)
+    p = start_worker(pg_url, tmp_path)
+    wait_for(
+        lambda: any(
+            t.state == TrialState.RUNNING and t.intermediate_values
+            for f in ("rnn", "gru", "lstm")
+            for t in trials(pg_url, f)
+        ),
+        timeout=120,
+        interval=0.2,
+    )
+    # What a peer does when it finds the trial stale: the real code path, from another process.
+    st = open_optuna_storage(pg_url, read_only=True, heartbeat_interval=1, grace_period=4)
+    for family in ("rnn", "gru", "lstm"):
+        study = optuna.load_study(study_name=f"default.{family}", storage=st)
+        running = [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+        if running:
+            with exclusive(st.engine, f"rnntune:claim:{study.study_name}"):
+                taken = fail_and_requeue(
+                    study, [running[0]._trial_id], "heartbeat stale: test", MAX_RETRY
+                )
+            assert taken == [running[0]._trial_id]
+            break
+    wait_all([p], timeout=300)
+    log = output(p)
+    assert p.returncode == 0, log
+    assert "taken over" in log and "Traceback" not in log, log
+    res = assert_exact(pg_url, budget=2, repeats=1)
+    retry = next(
+        t for t in res[family] if t.system_attrs.get("retry_history") == [running[0].number]
+    )
+    assert retry.user_attrs["resumed_from_epoch"] >= 1  # the checkpoint was left for the retry
 
 
 @pytest.mark.postgres

@@ -305,7 +305,41 @@ def run_trial(
     """Train one claimed trial, resuming from its retry chain's checkpoint; tell the result.
 
     Raises Interrupted (after the trial was failed and re-enqueued) when asked to stop.
+
+    A trial can be taken over while it runs: if this worker's heartbeat stopped for longer than
+    the grace period (a long database outage, a stalled host), a peer failed the trial and
+    re-enqueued it, and its retry owns the trial and its checkpoint now. The next write of this
+    attempt then finds the trial finished: the attempt is dropped, the checkpoint left for the
+    retry, and the worker goes on with other work.
     """
+    epochs: list[int] = []  # the epochs this attempt actually trained
+    t0 = time.perf_counter()
+    try:
+        return _attempt(study, trial, family, cfg, splits, runtime, should_stop, db_retry, epochs)
+    except UpdateFinishedTrialError:
+        log.warning(
+            "%s trial %d was taken over by a retry (its heartbeat went stale); dropping this "
+            "attempt after epochs %s",
+            family,
+            trial.number,
+            epochs,
+        )
+        return TrialOutcome(
+            trial.number, TrialState.FAIL, None, epochs, 0, time.perf_counter() - t0
+        )
+
+
+def _attempt(
+    study: optuna.Study,
+    trial: Trial,
+    family: str,
+    cfg: ExperimentConfig,
+    splits: Any,
+    runtime: Runtime,
+    should_stop: Callable[[], bool],
+    db_retry: Callable[[Callable[[], Any]], Any],
+    epochs: list[int],
+) -> TrialOutcome:
     root = original_number(trial)
     params = dict(trial.params)
     ckpt = checkpoint_path(runtime.artifacts, cfg, family, root)
@@ -313,7 +347,6 @@ def run_trial(
         family, params, cfg, splits.X_train.shape[2], cfg.trial_seed(root), runtime.device
     )
 
-    epochs: list[int] = []  # the epochs this attempt actually trained
     in_storage = [0.0]  # seconds spent on the database from inside the training loop
     prunes = not isinstance(study.pruner, optuna.pruners.NopPruner)
 
@@ -362,6 +395,8 @@ def run_trial(
         with exclusive(rdb(study).engine, f"rnntune:claim:{study.study_name}"):
             fail_and_requeue(study, [trial._trial_id], "worker stopped (SIGTERM)", max_retry=10)
         raise
+    except UpdateFinishedTrialError:
+        raise  # taken over by a retry: see run_trial
     except (TrainingError, Exception) as e:  # noqa: BLE001 - any bug in a trial fails that trial
         reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
         log.error("%s trial %d failed: %s", family, trial.number, reason)

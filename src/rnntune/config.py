@@ -67,7 +67,7 @@ class ExperimentConfig:
     data: str = DEFAULT_DATA
     trials: int = 10
     repeats: int = 10
-    max_epochs: int = 6
+    max_epochs: int = 10
     patience: int = 3
     seed: int = 0
     objective: str = "macro_f1"

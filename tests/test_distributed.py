@@ -52,6 +52,19 @@ def _init(url: str, cwd: Path, trials_: int, repeats: int, epochs: int, data: st
     )
 
 
+def _wait_for_a_trial_mid_run(url: str) -> None:
+    """Until some trial is RUNNING with at least one epoch reported (and checkpointed)."""
+    wait_for(
+        lambda: any(
+            t.state == TrialState.RUNNING and t.intermediate_values
+            for f in ("rnn", "gru", "lstm")
+            for t in trials(url, f)
+        ),
+        timeout=120,
+        interval=0.2,
+    )
+
+
 @pytest.mark.postgres
 def test_four_workers_finish_exactly(pg_url: str, tmp_path: Path) -> None:
     _init(pg_url, tmp_path, trials_=6, repeats=3, epochs=2)
@@ -172,15 +185,7 @@ def test_sigterm_stops_within_10s_and_hands_the_trial_back(pg_url: str, tmp_path
     data = "synthetic:n=1500,length=40,features=3,seed=5"
     _init(pg_url, tmp_path, trials_=3, repeats=1, epochs=6, data=data)
     p = start_worker(pg_url, tmp_path)
-    wait_for(
-        lambda: any(
-            t.state == TrialState.RUNNING and t.intermediate_values
-            for f in ("rnn", "gru", "lstm")
-            for t in trials(pg_url, f)
-        ),
-        timeout=120,
-        interval=0.2,
-    )
+    _wait_for_a_trial_mid_run(pg_url)
     t0 = time.monotonic()
     p.send_signal(signal.SIGTERM)
     p.wait(timeout=15)
@@ -206,15 +211,7 @@ def test_a_worker_whose_trial_was_taken_over_drops_it_and_goes_on(
     data = "synthetic:n=1500,length=40,features=3,seed=6"
     _init(pg_url, tmp_path, trials_=2, repeats=1, epochs=6, data=data)
     p = start_worker(pg_url, tmp_path)
-    wait_for(
-        lambda: any(
-            t.state == TrialState.RUNNING and t.intermediate_values
-            for f in ("rnn", "gru", "lstm")
-            for t in trials(pg_url, f)
-        ),
-        timeout=120,
-        interval=0.2,
-    )
+    _wait_for_a_trial_mid_run(pg_url)
     # What a peer does when it finds the trial stale: the real code path, from another process.
     st = open_optuna_storage(pg_url, read_only=True, heartbeat_interval=1, grace_period=4)
     for family in ("rnn", "gru", "lstm"):

@@ -6,7 +6,7 @@
 #
 #   bash tests/compose/smoke.sh            # as root on a build machine (see ../shared/docker)
 #
-# Settings (environment): SMOKE_TRIALS (4), SMOKE_REPEATS (3), SMOKE_MAX_EPOCHS (2),
+# Settings (environment): SMOKE_TRIALS (4), SMOKE_REPEATS (3), SMOKE_MAX_EPOCHS (3),
 # SMOKE_TIMEOUT (seconds for the whole run, 1500), SMOKE_KEEP=1 (leave the stack up for a look;
 # remove it with the `down -v` line it prints), SMOKE_SKIP_STANDINS=1 (the engine and the base
 # images are already there).
@@ -16,7 +16,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 SHARED=${RNNTUNE_SHARED:-$REPO/../shared}
 TRIALS=${SMOKE_TRIALS:-4}
 REPEATS=${SMOKE_REPEATS:-3}
-MAX_EPOCHS=${SMOKE_MAX_EPOCHS:-2}
+MAX_EPOCHS=${SMOKE_MAX_EPOCHS:-3}
 DEADLINE=$((SECONDS + ${SMOKE_TIMEOUT:-1500}))
 EXPERIMENT=smoke
 FAMILIES=(rnn gru lstm)
@@ -60,7 +60,8 @@ cat >"$WORK/.env" <<EOF
 POSTGRES_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
 RNNTUNE_POSTGRES_IMAGE=$PG_IMAGE
 RNNTUNE_EXPERIMENT=$EXPERIMENT
-RNNTUNE_DATA=synthetic:n=600,length=20,features=4,seed=0
+# Big enough that trials last a few seconds: the faults below must land while tuning runs.
+RNNTUNE_DATA=synthetic:n=2400,length=40,features=4,seed=0
 RNNTUNE_TRIALS=$TRIALS
 RNNTUNE_REPEATS=$REPEATS
 RNNTUNE_MAX_EPOCHS=$MAX_EPOCHS
@@ -127,7 +128,11 @@ mapfile -t WORKERS < <(ids worker)
 step "wait until trials are running"
 until [ "$(trials_in "'RUNNING'")" -ge 2 ] 2>/dev/null; do
     [ "$(left)" -gt 0 ] || fail "no trials running"
-    sleep 1
+    done_=$(trials_in "'COMPLETE','PRUNED'")
+    if [ "$done_" != "?" ] && [ "$done_" -ge $((TRIALS * ${#FAMILIES[@]})) ]; then
+        fail "tuning finished before a fault could land: make the smoke experiment bigger"
+    fi
+    sleep 0.5
 done
 say "running: $(trials_in "'RUNNING'"), finished: $(trials_in "'COMPLETE','PRUNED'")"
 
@@ -142,7 +147,10 @@ say "worker ${WORKERS[0]:0:12}: killed (a manual kill: docker does not restart i
 if [ "$(id -u)" = 0 ]; then
     step "crash another worker (SIGKILL from outside docker): its restart policy brings it back"
     victim=${WORKERS[1]}
-    kill -KILL "$(docker inspect -f '{{.State.Pid}}' "$victim")"
+    pid=$(docker inspect -f '{{.State.Pid}}' "$victim")
+    # 0: the worker already exited (nothing left to do); `kill 0` would hit this script.
+    [ "$pid" -gt 0 ] || fail "worker ${victim:0:12} is not running ($(state "$victim")): make the smoke experiment bigger"
+    kill -KILL "$pid"
     until [ "$(docker inspect -f '{{.RestartCount}}' "$victim")" -ge 1 ] \
         && [ "$(docker inspect -f '{{.State.Status}}' "$victim")" = running ]; do
         [ "$(left)" -gt 0 ] || fail "crashed worker was not restarted: $(state "$victim")"

@@ -208,29 +208,38 @@ def test_a_worker_whose_trial_was_taken_over_drops_it_and_goes_on(
     """A live worker whose heartbeat went stale (a long outage, a stalled host) finds at its next
     epoch that a peer failed and re-enqueued its trial: it drops that attempt, keeps the
     checkpoint for the retry, and carries on; it does not crash."""
-    data = "synthetic:n=1500,length=40,features=3,seed=6"
-    _init(pg_url, tmp_path, trials_=2, repeats=1, epochs=6, data=data)
+    data = "synthetic:n=2000,length=40,features=3,seed=6"
+    _init(pg_url, tmp_path, trials_=2, repeats=1, epochs=8, data=data)
     p = start_worker(pg_url, tmp_path)
-    _wait_for_a_trial_mid_run(pg_url)
-    # What a peer does when it finds the trial stale: the real code path, from another process.
+    # What a peer does when it finds a trial stale: the real code path, from another process.
+    # Trials come and go quickly, so try until one is taken over mid-run (an epoch reported,
+    # several to go).
     st = open_optuna_storage(pg_url, read_only=True, heartbeat_interval=1, grace_period=4)
-    for family in ("rnn", "gru", "lstm"):
-        study = optuna.load_study(study_name=f"default.{family}", storage=st)
-        running = [t for t in study.get_trials() if t.state == TrialState.RUNNING]
-        if running:
-            with exclusive(st.engine, f"rnntune:claim:{study.study_name}"):
-                taken = fail_and_requeue(
-                    study, [running[0]._trial_id], "heartbeat stale: test", MAX_RETRY
-                )
-            assert taken == [running[0]._trial_id]
-            break
+    studies = {
+        f: optuna.load_study(study_name=f"default.{f}", storage=st) for f in ("rnn", "gru", "lstm")
+    }
+    taken, taken_family = None, ""
+    deadline = time.monotonic() + 120
+    while taken is None and time.monotonic() < deadline and p.poll() is None:
+        for family, study in studies.items():
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            victims = [t for t in running if 1 <= len(t.intermediate_values) <= 5]
+            if victims:
+                with exclusive(st.engine, f"rnntune:claim:{study.study_name}"):
+                    ids = [victims[0]._trial_id]
+                    if fail_and_requeue(study, ids, "heartbeat stale: test", MAX_RETRY) == ids:
+                        taken, taken_family = victims[0], family
+                break
+        else:
+            time.sleep(0.05)
+    assert taken is not None, "no trial could be taken over mid-run:\n" + output(p)
     wait_all([p], timeout=300)
     log = output(p)
     assert p.returncode == 0, log
     assert "taken over" in log and "Traceback" not in log, log
     res = assert_exact(pg_url, budget=2, repeats=1)
     retry = next(
-        t for t in res[family] if t.system_attrs.get("retry_history") == [running[0].number]
+        t for t in res[taken_family] if t.system_attrs.get("retry_history") == [taken.number]
     )
     assert retry.user_attrs["resumed_from_epoch"] >= 1  # the checkpoint was left for the retry
 

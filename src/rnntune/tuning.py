@@ -306,40 +306,12 @@ def run_trial(
 
     Raises Interrupted (after the trial was failed and re-enqueued) when asked to stop.
 
-    A trial can be taken over while it runs: if this worker's heartbeat stopped for longer than
-    the grace period (a long database outage, a stalled host), a peer failed the trial and
-    re-enqueued it, and its retry owns the trial and its checkpoint now. The next write of this
-    attempt then finds the trial finished: the attempt is dropped, the checkpoint left for the
-    retry, and the worker goes on with other work.
+    Raises UpdateFinishedTrialError when the trial was taken over while it ran: this worker's
+    heartbeat stopped for longer than the grace period (a long database outage, a stalled host),
+    so a peer failed and re-enqueued it, and the retry owns the trial and its checkpoint now.
+    The checkpoint is left in place; the caller drops the attempt and goes on.
     """
     epochs: list[int] = []  # the epochs this attempt actually trained
-    t0 = time.perf_counter()
-    try:
-        return _attempt(study, trial, family, cfg, splits, runtime, should_stop, db_retry, epochs)
-    except UpdateFinishedTrialError:
-        log.warning(
-            "%s trial %d was taken over by a retry (its heartbeat went stale); dropping this "
-            "attempt after epochs %s",
-            family,
-            trial.number,
-            epochs,
-        )
-        return TrialOutcome(
-            trial.number, TrialState.FAIL, None, epochs, 0, time.perf_counter() - t0
-        )
-
-
-def _attempt(
-    study: optuna.Study,
-    trial: Trial,
-    family: str,
-    cfg: ExperimentConfig,
-    splits: Any,
-    runtime: Runtime,
-    should_stop: Callable[[], bool],
-    db_retry: Callable[[Callable[[], Any]], Any],
-    epochs: list[int],
-) -> TrialOutcome:
     root = original_number(trial)
     params = dict(trial.params)
     ckpt = checkpoint_path(runtime.artifacts, cfg, family, root)
@@ -396,7 +368,7 @@ def _attempt(
             fail_and_requeue(study, [trial._trial_id], "worker stopped (SIGTERM)", max_retry=10)
         raise
     except UpdateFinishedTrialError:
-        raise  # taken over by a retry: see run_trial
+        raise  # taken over by a retry: see the docstring
     except (TrainingError, Exception) as e:  # noqa: BLE001 - any bug in a trial fails that trial
         reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
         log.error("%s trial %d failed: %s", family, trial.number, reason)

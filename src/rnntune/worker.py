@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import optuna
-from optuna.exceptions import StorageInternalError
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -341,6 +341,7 @@ class Worker:
 
     def _run_trial(self, family: str, trial: optuna.Trial) -> None:
         self._set_task(f"{family} trial {trial.number}", trial_id=trial._trial_id)
+        t0 = time.perf_counter()
         try:
             outcome = tuning.run_trial(
                 self.studies[family],
@@ -352,6 +353,16 @@ class Worker:
                 self.should_stop,
                 self.db_retry,
             )
+        except UpdateFinishedTrialError:
+            # A peer found this trial stale and re-enqueued it; its retry owns it now.
+            self._summary.fit_seconds += time.perf_counter() - t0
+            log.warning(
+                "%s trial %d was taken over by a retry (its heartbeat went stale); dropping this "
+                "attempt",
+                family,
+                trial.number,
+            )
+            return
         finally:
             self._set_task("idle")
         self._summary.trials += 1

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from rnntune.config import ExperimentConfig, Runtime
 from rnntune.experiment import Experiment
+from rnntune.faults import failpoint
 from rnntune.storage import EvaluationRunRow, exclusive, is_sqlite, session_scope, utcnow
 from rnntune.train import classification_metrics, fit, predict_proba
 from rnntune.tuning import model_and_train_config
@@ -67,6 +68,7 @@ def ensure_jobs(engine: Engine, exp: Experiment, family: str, params: dict[str, 
                             attempts=0,
                         )
                     )
+    failpoint("repeat.after_create")
     # The unique constraint (experiment, family, repeat) backs the lock up: a duplicate insert
     # raises IntegrityError, which only happens if another worker already did the work.
 
@@ -196,6 +198,7 @@ def run_job(
         train_cfg,
         *splits.fit_parts(),
         checkpoint_path=ckpt,
+        on_epoch=lambda _r: failpoint("repeat.after_checkpoint"),
         should_stop=should_stop,
     )
     # The test split is used here, and only here.
@@ -214,8 +217,16 @@ def run_job(
         ],
         "train_seconds": round(result.train_seconds, 3),
     }
-    ckpt.unlink(missing_ok=True)
+    # The checkpoint stays until the result is stored (remove_checkpoint, after complete()):
+    # a worker killed in between resumes from the last epoch instead of retraining the repeat.
     return out
+
+
+def remove_checkpoint(runtime: Runtime, cfg: ExperimentConfig, job: Job) -> None:
+    try:
+        checkpoint_path(runtime.artifacts, cfg, job).unlink(missing_ok=True)
+    except OSError:  # a checkpoint left behind costs disk, not correctness
+        log.warning("could not remove the checkpoint of %s repeat %d", job.family, job.repeat)
 
 
 @dataclass(frozen=True)

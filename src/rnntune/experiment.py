@@ -19,6 +19,7 @@ from rnntune.exceptions import (
     ExperimentNotFoundError,
     FingerprintMismatchError,
 )
+from rnntune.faults import failpoint
 from rnntune.storage import (
     ExperimentRow,
     exclusive,
@@ -111,6 +112,7 @@ def register(
     """
     engine = storage.engine
     upgrade(engine)
+    failpoint("init.after_migrate")
     name = explicit.get("name") or "default"
     with exclusive(engine, f"rnntune:experiment:{name}"):
         existing = find_by_name(engine, name)
@@ -129,6 +131,7 @@ def register(
         cfg = build(explicit)
         loaded = load_data(cfg, data_override)
         _create_studies(storage, cfg)
+        failpoint("init.after_studies")
         summary = {
             "spec": cfg.data,
             "shape": list(loaded.shape),

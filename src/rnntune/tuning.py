@@ -39,6 +39,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from rnntune.config import ExperimentConfig, Runtime
 from rnntune.exceptions import Interrupted, TrainingError
+from rnntune.faults import failpoint
 from rnntune.storage import exclusive
 
 if TYPE_CHECKING:  # torch is imported only where a model is trained
@@ -172,7 +173,11 @@ def requeue(study: optuna.Study, frozen: FrozenTrial, max_retry: int) -> None:
 
 
 def fail_and_requeue(
-    study: optuna.Study, trial_ids: list[int], reason: str, max_retry: int
+    study: optuna.Study,
+    trial_ids: list[int],
+    reason: str,
+    max_retry: int,
+    after_fail: Callable[[], None] = lambda: failpoint("claim.after_stale_fail"),
 ) -> list[int]:
     """Fail RUNNING trials and enqueue their retries (call under the family lock)."""
     storage = rdb(study)
@@ -185,6 +190,7 @@ def fail_and_requeue(
                 continue
         except UpdateFinishedTrialError:
             continue  # it finished, or another worker failed it first: nothing left to do
+        after_fail()
         requeue(study, storage.get_trial(trial_id), max_retry)
         done.append(trial_id)
     return done
@@ -229,10 +235,13 @@ def claim_trial(
         if counts.waiting == 0 and (counts.live >= cfg.trials or gave_up(cfg, counts)):
             return None
         trial = study.ask(fixed_distributions=distributions(cfg.search_space))
-        # Tag and heartbeat before letting go of the lock, so that a worker killed right now
+        failpoint("claim.after_ask")
+        # Heartbeat, then tag, before letting go of the lock, so that a worker killed right now
         # leaves a trial that other workers recognise as stale.
-        storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_id)
         storage.record_heartbeat(trial._trial_id)
+        failpoint("claim.after_heartbeat")
+        storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_id)
+        failpoint("claim.after_tag")
         return trial
 
 
@@ -323,6 +332,7 @@ def run_trial(
     prunes = not isinstance(study.pruner, optuna.pruners.NopPruner)
 
     def on_epoch(r: EpochResult) -> None:
+        failpoint("trial.after_checkpoint")
         t = time.perf_counter()
         if not epochs:
             # Recorded as soon as it is known, so a test (or a person) can see where a retry
@@ -330,6 +340,7 @@ def run_trial(
             db_retry(lambda: trial.set_user_attr("resumed_from_epoch", r.epoch - 1))
         epochs.append(r.epoch)
         db_retry(lambda: trial.report(r.val_metric, r.epoch))
+        failpoint("trial.after_report")
         prune = prunes and db_retry(trial.should_prune)
         in_storage[0] += time.perf_counter() - t
         if prune:
@@ -351,7 +362,9 @@ def run_trial(
         frozen = db_retry(lambda: study._storage.get_trial(trial._trial_id))
         epochs_done = sorted(frozen.intermediate_values)
         _record(trial, db_retry, {"epochs_trained": len(epochs_done), "epochs_this_run": epochs})
+        failpoint("tell.before")
         db_retry(lambda: _tell(study, trial, TrialState.PRUNED))
+        failpoint("tell.after")
         _remove(ckpt)
         last = frozen.intermediate_values[epochs_done[-1]] if epochs_done else None
         resumed = epochs[0] - 1 if epochs else 0
@@ -365,7 +378,13 @@ def run_trial(
         )
     except Interrupted:
         with exclusive(rdb(study).engine, f"rnntune:claim:{study.study_name}"):
-            fail_and_requeue(study, [trial._trial_id], "worker stopped (SIGTERM)", max_retry=10)
+            fail_and_requeue(
+                study,
+                [trial._trial_id],
+                "worker stopped (SIGTERM)",
+                max_retry=10,
+                after_fail=lambda: failpoint("handback.after_fail"),
+            )
         raise
     except UpdateFinishedTrialError:
         raise  # taken over by a retry: see the docstring
@@ -397,7 +416,9 @@ def run_trial(
     if not math.isfinite(value):
         db_retry(lambda: _tell(study, trial, TrialState.FAIL))
         return TrialOutcome(trial.number, TrialState.FAIL, None, result.epochs_this_run, 0)
+    failpoint("tell.before")
     db_retry(lambda: _tell(study, trial, TrialState.COMPLETE, value))
+    failpoint("tell.after")
     _remove(ckpt)
     return TrialOutcome(
         trial.number,

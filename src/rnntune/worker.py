@@ -30,6 +30,7 @@ from rnntune import evaluation, tuning
 from rnntune.config import Runtime
 from rnntune.exceptions import Interrupted, StorageError
 from rnntune.experiment import Experiment, find_or_raise_by_name, load_data, verify_data
+from rnntune.faults import failpoint
 from rnntune.storage import (
     MAX_RETRY,
     WorkerRow,
@@ -317,6 +318,7 @@ class Worker:
             self.engine, self.exp, self.worker_id, self.runtime.grace_period, dead
         )
         if job is not None:
+            failpoint("repeat.after_claim")
             self._run_job(job)
             return True
         if len(done_families) == len(cfg.families) and evaluation.all_done(
@@ -384,15 +386,20 @@ class Worker:
             result = evaluation.run_job(job, self.exp, self.splits, self.runtime, self.should_stop)
         except Interrupted:
             self.db_retry(lambda: evaluation.release(self.engine, job, self.worker_id))
+            failpoint("repeat.after_release")
             raise
         except Exception as e:  # noqa: BLE001 - a failing repeat is recorded, not fatal
             reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
             log.error("%s repeat %d failed: %s", job.family, job.repeat, reason)
             self.db_retry(lambda: evaluation.release(self.engine, job, self.worker_id, reason))
+            failpoint("repeat.after_release")
             return
         finally:
             self._set_task("idle")
+        failpoint("repeat.before_complete")
         if self.db_retry(lambda: evaluation.complete(self.engine, job, self.worker_id, result)):
+            failpoint("repeat.after_complete")
+            evaluation.remove_checkpoint(self.runtime, self.exp.config, job)
             self._summary.repeats += 1
             m = result["metrics"]
             self.on_event(

@@ -233,7 +233,7 @@ def shortfall(budget: int, c: Counts) -> str | None:
             f"{text}; gave up after {c.counted_errors} trial errors{last}: fix the cause, then "
             "rerun `rnntune run` (or `rnntune init`) to finish it"
         )
-    return f"{text} ({c.running} running, {c.waiting} waiting)"
+    return text
 
 
 # -- staleness of trials, on the database clock --------------------------------------------------

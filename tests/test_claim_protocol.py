@@ -306,18 +306,19 @@ def test_a_lost_database_mid_trial_is_a_worker_fault(storage_url: str, tmp_path:
 
 
 @pytest.mark.parametrize("point", ["trial.after_checkpoint", "trial.after_report"])
-def test_a_database_error_escaping_training_is_a_worker_fault(
+def test_a_database_error_escaping_training_hands_the_trial_back(
     storage_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: str
 ) -> None:
-    """H2: a driver error (OperationalError) escaping the training loop failed the trial as a
-    training error (not retried, checkpoint removed, counted toward giving up)."""
+    """H2: a driver error (OperationalError: a restarted database) escaping the training loop
+    failed the trial as a training error (not retried, checkpoint removed, counted toward giving
+    up). Now the trial is handed back and the worker goes on."""
     st, exp, study = setup(storage_url, trials=1)
     splits = load_data(exp.config).splits
     rt = Runtime(storage=storage_url, artifacts=str(tmp_path / "a"), device="cpu", threads=1)
     t = claim(study, exp)
     assert t is not None
     arm(monkeypatch, f"{point}=db-error")
-    with pytest.raises(WorkerFaultError, match="lost the study database"):
+    with pytest.raises(tuning.TrialHandedBack, match="handed back"):
         tuning.run_trial(study, t, "gru", exp.config, splits, rt, lambda: False, lambda f: f())
     failed = frozen(study, t.number)
     assert failed.state == TrialState.FAIL and state.fail_kind(failed) == state.HANDBACK

@@ -5,7 +5,9 @@ from ._engine import (
     MAX_RETRY,
     POOL_SIZE,
     artifact_store,
+    check_local_filesystem,
     engine_kwargs,
+    filesystem_type,
     load_study,
     open_optuna_storage,
 )
@@ -13,7 +15,14 @@ from ._locks import exclusive
 from ._migrate import check_schema, current_revision, head_revision, upgrade
 from ._session import session_scope
 from ._tables import Base, EvaluationRunRow, ExperimentRow, WorkerRow, utcnow
-from ._url import DEFAULT_STORAGE, is_sqlite, mask_url, normalize_url, sqlite_path
+from ._url import (
+    DEFAULT_STORAGE,
+    is_sqlite,
+    mask_url,
+    normalize_url,
+    sqlite_path,
+    storage_from_env,
+)
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -25,9 +34,11 @@ __all__ = [
     "ExperimentRow",
     "WorkerRow",
     "artifact_store",
+    "check_local_filesystem",
     "check_schema",
     "current_revision",
     "engine_kwargs",
+    "filesystem_type",
     "exclusive",
     "head_revision",
     "is_sqlite",
@@ -37,6 +48,7 @@ __all__ = [
     "open_optuna_storage",
     "session_scope",
     "sqlite_path",
+    "storage_from_env",
     "upgrade",
     "utcnow",
 ]

@@ -13,10 +13,13 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from rnntune.exceptions import StorageError
+from rnntune.faults import failpoint
 
 from ._locks import exclusive
+from ._url import mask_url
 
 VERSION_TABLE = "rnntune_alembic_version"
 
@@ -49,10 +52,26 @@ def upgrade(engine: Engine) -> None:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+            # The whole upgrade is one transaction: stopped here, it is rolled back.
+            failpoint("migrate.before_commit")
 
 
 def check_schema(engine: Engine) -> None:
-    current = current_revision(engine)
+    try:
+        current = current_revision(engine)
+    except OperationalError as e:
+        # Worded like session_scope's, so a worker's db_retry waits the outage out.
+        raise StorageError(
+            f"lost the study database at {mask_url(str(engine.url))} "
+            f"({str(getattr(e, 'orig', None) or e).strip().splitlines()[0]}): check that it is "
+            "running and reachable, then rerun"
+        ) from e
+    if current is None:
+        raise StorageError(
+            f"the database at {mask_url(str(engine.url))} has no rnntune tables (it may be "
+            "another application's Optuna database): point --storage at rnntune's database, or "
+            "run `rnntune init` on this one first"
+        )
     if current != head_revision():
         raise StorageError(
             f"rnntune's tables are at revision {current or 'none'}, this version needs "

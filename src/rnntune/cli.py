@@ -267,8 +267,10 @@ def init(storage: str, experiment: str, config_file: str | None, **opts: Any) ->
     from rnntune.experiment import register
     from rnntune.storage import mask_url, open_optuna_storage
 
+    explicit = _explicit(experiment, config_file, **opts)
+    config_mod.build(explicit)  # refuse bad values before anything is stored
     st = open_optuna_storage(storage, create_tables=True)
-    exp, created = register(st, _explicit(experiment, config_file, **opts))
+    exp, created = register(st, explicit)
     verb = "registered" if created else "already registered (unchanged)"
     click.echo(
         f"experiment {exp.name!r} {verb} in {mask_url(storage)}: "
@@ -331,8 +333,10 @@ def run(
     # Checked before anything is stored: a bad directory must not surface after the study.
     config_mod.check_writable_dir(out, "--out")
     config_mod.check_writable_dir(artifacts, "--artifacts")
+    explicit = _explicit(experiment, config_file, **opts)
+    config_mod.build(explicit)  # refuse bad values before anything is stored
     st = open_optuna_storage(storage, create_tables=True)
-    exp, created = register(st, _explicit(experiment, config_file, **opts))
+    exp, created = register(st, explicit)
     cfg = exp.config
     click.echo(
         f"{'registered' if created else 'resuming'} experiment {cfg.name!r} in "
@@ -499,10 +503,6 @@ def report(storage: str, experiment: str, fmt: str, out: str | None) -> None:
 
     if out:
         config_mod.check_writable_dir(Path(out).parent, "--out's directory")
-        if Path(out).is_dir():
-            raise ConfigError(
-                f"--out {out} is a directory: pass a file name, e.g. {out}/report.{fmt}"
-            )
     st = open_optuna_storage(storage, read_only=True, reader=True)
     check_schema(st.engine)  # an Optuna database without rnntune's tables: say so
     exp = find_or_raise_by_name(st.engine, experiment)

@@ -210,6 +210,16 @@ def _create_tables_once(url: str) -> None:
 
 def _prepare_sqlite_file(url: str, *, create: bool, wal: bool) -> None:
     path = sqlite_path(url)
+    try:
+        _check_sqlite_file(path, create=create, wal=wal)
+    except OSError as e:  # e.g. a directory on the way that this user may not enter
+        raise StorageError(
+            f"cannot use {path} as the SQLite database ({e.strerror or e}): pass --storage "
+            "sqlite:///PATH/TO/FILE.db (a file in a directory this user can write)"
+        ) from e
+
+
+def _check_sqlite_file(path: Path, *, create: bool, wal: bool) -> None:
     fix = "pass --storage sqlite:///PATH/TO/FILE.db (a file in a writable directory)"
     if path.is_dir():
         raise StorageError(f"the SQLite storage {path} is a directory, not a database file: {fix}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -78,7 +79,11 @@ def mask_url(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
-        return "<unparseable URL>"
+        # Unparseable (a bad port, say): still show it, with anything like a password hidden.
+        return _PASSWORD_IN_TEXT.sub(r"\1***@", url)
+
+
+_PASSWORD_IN_TEXT = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 
 
 def _read_secret(var: str, path: str) -> str:

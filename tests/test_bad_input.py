@@ -79,7 +79,9 @@ def _cfg(text: str) -> Callable[[Path], None]:
 INIT = ["init", "--storage", "{db}"]
 CFG = [*INIT, "--config", "{dir}/exp.toml"]
 NEW = ["--experiment", "fresh"]  # a new experiment: the file's values are not merged into the old
-BYTES_NON_ASCII = np.array(["normal".encode(), "abnormal".encode(), "ab\xe9normal".encode("latin-1")] * 20)
+BYTES_NON_ASCII = np.array(
+    [b"normal", b"abnormal", "ab\xe9normal".encode("latin-1")] * 20
+)
 
 CASES: list[Case] = [
     # -- CLI options ----------------------------------------------------------------------
@@ -96,7 +98,9 @@ CASES: list[Case] = [
         "--seed must be at most 2,000,000, got 2,147,484; pass a value in 0..2000000",
         subprocess=True,
     ),
-    Case("seed-beyond-2**32", [*INIT, *NEW, "--seed", "4294967296"], USAGE, "--seed must be at most"),
+    Case(
+        "seed-beyond-2**32", [*INIT, *NEW, "--seed", "4294967296"], USAGE, "--seed must be at most"
+    ),
     Case("name-dot", [*INIT, "--experiment", "."], USAGE, "experiment name '.' is not usable"),
     Case(
         "name-dotdot",
@@ -105,9 +109,13 @@ CASES: list[Case] = [
         "experiment name '..' is not usable: start with a letter or digit",
         subprocess=True,
     ),
-    Case("name-slash", [*INIT, "--experiment", "a/b"], USAGE, "experiment name 'a/b' is not usable"),
+    Case(
+        "name-slash", [*INIT, "--experiment", "a/b"], USAGE, "experiment name 'a/b' is not usable"
+    ),
     Case("name-control", [*INIT, "--experiment", "a\x07b"], USAGE, "is not usable"),
-    Case("name-colon", [*INIT, "--experiment", "a:b"], USAGE, "experiment name 'a:b' is not usable"),
+    Case(
+        "name-colon", [*INIT, "--experiment", "a:b"], USAGE, "experiment name 'a:b' is not usable"
+    ),
     Case(
         "synthetic-huge",
         [*INIT, *NEW, "--data", "synthetic:n=100000000,length=100,features=4"],
@@ -115,11 +123,20 @@ CASES: list[Case] = [
         "is above the limit of 268,435,456 (every worker holds all of it in memory); lower n",
         subprocess=True,
     ),
-    Case("synthetic-bad-n", [*INIT, *NEW, "--data", "synthetic:n=lots"], USAGE, "expected an integer"),
-    Case("data-kind", [*INIT, *NEW, "--data", "parquet:x.pq"], USAGE, "unknown data kind 'parquet'"),
+    Case(
+        "synthetic-bad-n", [*INIT, *NEW, "--data", "synthetic:n=lots"], USAGE, "expected an integer"
+    ),
+    Case(
+        "data-kind", [*INIT, *NEW, "--data", "parquet:x.pq"], USAGE, "unknown data kind 'parquet'"
+    ),
     Case("objective", [*INIT, "--objective", "loss"], USAGE, "'loss' is not one of"),
     Case("workers-0", ["run", "--storage", "{db}", "--workers", "0"], USAGE, "must be at least 1"),
-    Case("threads-0", ["run", "--storage", "{db}", "--threads", "0"], USAGE, "--threads must be at least 1, got 0"),
+    Case(
+        "threads-0",
+        ["run", "--storage", "{db}", "--threads", "0"],
+        USAGE,
+        "--threads must be at least 1, got 0",
+    ),
     Case(
         "heartbeat-0",
         ["worker", "--storage", "{db}", "--heartbeat-interval", "0"],
@@ -139,14 +156,24 @@ CASES: list[Case] = [
         "unknown device 'cuda:x': use auto, cpu, cuda or cuda:N",
         subprocess=True,
     ),
-    Case("device-gpu", ["worker", "--storage", "{db}", "--device", "gpu"], USAGE, "unknown device 'gpu'"),
+    Case(
+        "device-gpu",
+        ["worker", "--storage", "{db}", "--device", "gpu"],
+        USAGE,
+        "unknown device 'gpu'",
+    ),
     Case(
         "status-interval-negative",
         ["status", "--storage", "{db}", "--watch", "--interval", "-1"],
         USAGE,
         "-1.0 is not in the range 0.1<=x<=3600",
     ),
-    Case("dashboard-port", ["dashboard", "--storage", "{db}", "--port", "99999"], USAGE, "99999 is not in the range"),
+    Case(
+        "dashboard-port",
+        ["dashboard", "--storage", "{db}", "--port", "99999"],
+        USAGE,
+        "99999 is not in the range",
+    ),
     Case(
         "run-out-unwritable",
         ["run", "--storage", "{db}", "--out", "{dir}/afile/reports"],
@@ -189,15 +216,51 @@ CASES: list[Case] = [
         RUNTIME,
         "already exists with a different configuration (trials: 2 -> 5): use a new --experiment",
     ),
-    Case("experiment-missing", ["status", "--storage", "{db}", "--experiment", "nope"], RUNTIME, "no experiment 'nope'"),
+    Case(
+        "experiment-missing",
+        ["status", "--storage", "{db}", "--experiment", "nope"],
+        RUNTIME,
+        "no experiment 'nope'",
+    ),
     # -- experiment files -----------------------------------------------------------------
-    Case("file-missing", [*INIT, "--config", "{dir}/none.toml"], USAGE, "does not exist: check the --config path"),
+    Case(
+        "file-missing",
+        [*INIT, "--config", "{dir}/none.toml"],
+        USAGE,
+        "does not exist: check the --config path",
+    ),
     Case("file-bad-toml", CFG, USAGE, "is not valid TOML", setup=_cfg("[experiment\n")),
-    Case("file-not-utf8", CFG, USAGE, "cannot read experiment file", setup=_write("exp.toml", b"\xff\xfe[x]")),
-    Case("file-unknown-table", CFG, USAGE, "unknown table(s) ['trial']", setup=_cfg("[trial]\nx=1\n")),
-    Case("file-unknown-key", CFG, USAGE, "unknown key(s) ['trails']", setup=_cfg("[experiment]\ntrails=3\n")),
-    Case("file-experiment-not-table", CFG, USAGE, "experiment must be a table", setup=_cfg("experiment = 5\n")),
-    Case("file-families-int", [*CFG, *NEW], USAGE, "families must be a list", setup=_cfg("[experiment]\nfamilies = 5\n")),
+    Case(
+        "file-not-utf8",
+        CFG,
+        USAGE,
+        "cannot read experiment file",
+        setup=_write("exp.toml", b"\xff\xfe[x]"),
+    ),
+    Case(
+        "file-unknown-table", CFG, USAGE, "unknown table(s) ['trial']", setup=_cfg("[trial]\nx=1\n")
+    ),
+    Case(
+        "file-unknown-key",
+        CFG,
+        USAGE,
+        "unknown key(s) ['trails']",
+        setup=_cfg("[experiment]\ntrails=3\n"),
+    ),
+    Case(
+        "file-experiment-not-table",
+        CFG,
+        USAGE,
+        "experiment must be a table",
+        setup=_cfg("experiment = 5\n"),
+    ),
+    Case(
+        "file-families-int",
+        [*CFG, *NEW],
+        USAGE,
+        "families must be a list",
+        setup=_cfg("[experiment]\nfamilies = 5\n"),
+    ),
     Case(
         "file-families-dup",
         [*CFG, *NEW],
@@ -212,14 +275,62 @@ CASES: list[Case] = [
         "families must be a list",
         setup=_cfg('[experiment]\nfamilies = "gru"\n'),
     ),
-    Case("file-search-space-int", [*CFG, *NEW], USAGE, "search_space must be a table", setup=_cfg("search_space = 5\n")),
-    Case("file-trials-bool", [*CFG, *NEW], USAGE, "trials must be a whole number, got a boolean True", setup=_cfg("[experiment]\ntrials = true\n")),
-    Case("file-trials-float", [*CFG, *NEW], USAGE, "trials must be a whole number, got a number 10.9", setup=_cfg("[experiment]\ntrials = 10.9\n")),
-    Case("file-trials-str", [*CFG, *NEW], USAGE, "trials must be a whole number", setup=_cfg('[experiment]\ntrials = "ten"\n')),
-    Case("file-name-int", [*CFG], USAGE, "name must be a string", setup=_cfg("[experiment]\nname = 5\n")),
-    Case("file-name-nul", [*CFG], USAGE, "is not usable", setup=_cfg('[experiment]\nname = "a\\u0000b"\n')),
-    Case("file-objective", [*CFG, *NEW], USAGE, "unknown objective 'loss'", setup=_cfg('[experiment]\nobjective = "loss"\n')),
-    Case("file-tpe-negative", [*CFG, *NEW], USAGE, "--tpe-startup-trials must be at least 0", setup=_cfg("[experiment]\ntpe_startup_trials = -1\n")),
+    Case(
+        "file-search-space-int",
+        [*CFG, *NEW],
+        USAGE,
+        "search_space must be a table",
+        setup=_cfg("search_space = 5\n"),
+    ),
+    Case(
+        "file-trials-bool",
+        [*CFG, *NEW],
+        USAGE,
+        "trials must be a whole number, got a boolean True",
+        setup=_cfg("[experiment]\ntrials = true\n"),
+    ),
+    Case(
+        "file-trials-float",
+        [*CFG, *NEW],
+        USAGE,
+        "trials must be a whole number, got a number 10.9",
+        setup=_cfg("[experiment]\ntrials = 10.9\n"),
+    ),
+    Case(
+        "file-trials-str",
+        [*CFG, *NEW],
+        USAGE,
+        "trials must be a whole number",
+        setup=_cfg('[experiment]\ntrials = "ten"\n'),
+    ),
+    Case(
+        "file-name-int",
+        [*CFG],
+        USAGE,
+        "name must be a string",
+        setup=_cfg("[experiment]\nname = 5\n"),
+    ),
+    Case(
+        "file-name-nul",
+        [*CFG],
+        USAGE,
+        "is not usable",
+        setup=_cfg('[experiment]\nname = "a\\u0000b"\n'),
+    ),
+    Case(
+        "file-objective",
+        [*CFG, *NEW],
+        USAGE,
+        "unknown objective 'loss'",
+        setup=_cfg('[experiment]\nobjective = "loss"\n'),
+    ),
+    Case(
+        "file-tpe-negative",
+        [*CFG, *NEW],
+        USAGE,
+        "--tpe-startup-trials must be at least 0",
+        setup=_cfg("[experiment]\ntpe_startup_trials = -1\n"),
+    ),
     Case(
         "pruner-percentile-150",
         [*CFG, *NEW],
@@ -228,16 +339,42 @@ CASES: list[Case] = [
         setup=_cfg('[pruner]\ntype = "percentile"\npercentile = 150\n'),
         subprocess=True,
     ),
-    Case("pruner-startup-negative", [*CFG, *NEW], USAGE, "pruner.n_startup_trials must be a whole number >= 0", setup=_cfg("[pruner]\nn_startup_trials = -1\n")),
-    Case("pruner-warmup-str", [*CFG, *NEW], USAGE, "pruner.n_warmup_steps must be a whole number >= 0, got '3'", setup=_cfg('[pruner]\nn_warmup_steps = "3"\n')),
-    Case("pruner-type", [*CFG, *NEW], USAGE, "unknown pruner 'bogus'", setup=_cfg('[pruner]\ntype = "bogus"\n')),
-    Case("pruner-unknown-key", [*CFG, *NEW], USAGE, "unknown key(s) ['patience'] in [pruner]", setup=_cfg("[pruner]\npatience = 2\n")),
+    Case(
+        "pruner-startup-negative",
+        [*CFG, *NEW],
+        USAGE,
+        "pruner.n_startup_trials must be a whole number >= 0",
+        setup=_cfg("[pruner]\nn_startup_trials = -1\n"),
+    ),
+    Case(
+        "pruner-warmup-str",
+        [*CFG, *NEW],
+        USAGE,
+        "pruner.n_warmup_steps must be a whole number >= 0, got '3'",
+        setup=_cfg('[pruner]\nn_warmup_steps = "3"\n'),
+    ),
+    Case(
+        "pruner-type",
+        [*CFG, *NEW],
+        USAGE,
+        "unknown pruner 'bogus'",
+        setup=_cfg('[pruner]\ntype = "bogus"\n'),
+    ),
+    Case(
+        "pruner-unknown-key",
+        [*CFG, *NEW],
+        USAGE,
+        "unknown key(s) ['patience'] in [pruner]",
+        setup=_cfg("[pruner]\npatience = 2\n"),
+    ),
     Case(
         "space-step-0",
         [*CFG, *NEW],
         USAGE,
         "search_space.learning_rate: step must be a number > 0, got 0",
-        setup=_cfg('[search_space.learning_rate]\ntype = "float"\nlow = 0.001\nhigh = 0.01\nstep = 0\n'),
+        setup=_cfg(
+            '[search_space.learning_rate]\ntype = "float"\nlow = 0.001\nhigh = 0.01\nstep = 0\n'
+        ),
         subprocess=True,
     ),
     Case(
@@ -245,7 +382,9 @@ CASES: list[Case] = [
         [*CFG, *NEW],
         USAGE,
         "give either log = true or a step, not both",
-        setup=_cfg('[search_space.hidden_size]\ntype = "int"\nlow = 8\nhigh = 64\nlog = true\nstep = 8\n'),
+        setup=_cfg(
+            '[search_space.hidden_size]\ntype = "int"\nlow = 8\nhigh = 64\nlog = true\nstep = 8\n'
+        ),
     ),
     Case(
         "space-low-gt-high",
@@ -273,14 +412,18 @@ CASES: list[Case] = [
         [*CFG, *NEW],
         USAGE,
         "unknown key(s) ['lo']",
-        setup=_cfg('[search_space.learning_rate]\ntype = "float"\nlo = 0.001\nlow = 0.001\nhigh = 0.01\n'),
+        setup=_cfg(
+            '[search_space.learning_rate]\ntype = "float"\nlo = 0.001\nlow = 0.001\nhigh = 0.01\n'
+        ),
     ),
     Case(
         "space-log-str",
         [*CFG, *NEW],
         USAGE,
         "log must be true or false, got 'yes'",
-        setup=_cfg('[search_space.learning_rate]\ntype = "float"\nlow = 0.001\nhigh = 0.01\nlog = "yes"\n'),
+        setup=_cfg(
+            '[search_space.learning_rate]\ntype = "float"\nlow = 0.001\nhigh = 0.01\nlog = "yes"\n'
+        ),
     ),
     Case(
         "space-bool-choice",
@@ -319,10 +462,30 @@ CASES: list[Case] = [
         "NaN and 0 infinite values",
         setup=_npz("n.npz", np.array([0, 1] * 30), X=np.full((60, 12, 2), np.nan)),
     ),
-    Case("npz-truncated", [*INIT, *NEW, "--data", "npz:{dir}/t.npz"], RUNTIME, "write it with numpy.savez", setup=_write("t.npz", b"PK\x03\x04trunc")),
-    Case("npz-missing", [*INIT, *NEW, "--data", "npz:{dir}/none.npz"], RUNTIME, "data file not found"),
-    Case("csv-empty", [*INIT, *NEW, "--data", "csv:{dir}/e.csv"], RUNTIME, "is empty; write a header", setup=_write("e.csv", "")),
-    Case("csv-no-label", [*INIT, *NEW, "--data", "csv:{dir}/c.csv"], RUNTIME, "lacks column(s) label", setup=_write("c.csv", "sequence_id,t,x\n1,0,0.5\n")),
+    Case(
+        "npz-truncated",
+        [*INIT, *NEW, "--data", "npz:{dir}/t.npz"],
+        RUNTIME,
+        "write it with numpy.savez",
+        setup=_write("t.npz", b"PK\x03\x04trunc"),
+    ),
+    Case(
+        "npz-missing", [*INIT, *NEW, "--data", "npz:{dir}/none.npz"], RUNTIME, "data file not found"
+    ),
+    Case(
+        "csv-empty",
+        [*INIT, *NEW, "--data", "csv:{dir}/e.csv"],
+        RUNTIME,
+        "is empty; write a header",
+        setup=_write("e.csv", ""),
+    ),
+    Case(
+        "csv-no-label",
+        [*INIT, *NEW, "--data", "csv:{dir}/c.csv"],
+        RUNTIME,
+        "lacks column(s) label",
+        setup=_write("c.csv", "sequence_id,t,x\n1,0,0.5\n"),
+    ),
     # -- storage URLs -------------------------------------------------------------------------
     Case(
         "sqlite-not-a-database",
@@ -367,11 +530,31 @@ CASES: list[Case] = [
         "cannot parse storage URL 'postgresql://u:***@localhost:54x2/db'",
         subprocess=True,
     ),
-    Case("url-port-range", ["init", "--storage", "postgresql://u@localhost:99999/db"], USAGE, "use a port in 1..65535"),
-    Case("url-backend", ["init", "--storage", "mysql://u@h/db"], USAGE, "unsupported storage backend 'mysql'"),
-    Case("url-memory", ["init", "--storage", "sqlite://"], USAGE, "in-memory SQLite storage cannot be shared"),
+    Case(
+        "url-port-range",
+        ["init", "--storage", "postgresql://u@localhost:99999/db"],
+        USAGE,
+        "use a port in 1..65535",
+    ),
+    Case(
+        "url-backend",
+        ["init", "--storage", "mysql://u@h/db"],
+        USAGE,
+        "unsupported storage backend 'mysql'",
+    ),
+    Case(
+        "url-memory",
+        ["init", "--storage", "sqlite://"],
+        USAGE,
+        "in-memory SQLite storage cannot be shared",
+    ),
     Case("url-garbage", ["init", "--storage", "not a url"], USAGE, "cannot parse storage URL"),
-    Case("url-driver", ["init", "--storage", "postgresql+asyncpg://u@h/db"], USAGE, "unsupported PostgreSQL driver"),
+    Case(
+        "url-driver",
+        ["init", "--storage", "postgresql+asyncpg://u@h/db"],
+        USAGE,
+        "unsupported PostgreSQL driver",
+    ),
     Case(
         "pg-unreachable",
         ["init", "--storage", "postgresql://u:s3cr3t-pw@127.0.0.1:1/db"],
@@ -379,10 +562,34 @@ CASES: list[Case] = [
         "cannot create the study tables at postgresql+psycopg2://u:***@127.0.0.1:1/db",
     ),
     # -- environment variables ----------------------------------------------------------------
-    Case("env-trials", ["init", "--storage", "{db}"], USAGE, "'abc' is not a valid integer", env={"RNNTUNE_TRIALS": "abc"}),
-    Case("env-seed", ["init", "--storage", "{db}"], USAGE, "--seed must be at least 0", env={"RNNTUNE_SEED": "-5"}),
-    Case("env-device", ["worker", "--storage", "{db}"], USAGE, "unknown device 'tpu'", env={"RNNTUNE_DEVICE": "tpu"}),
-    Case("env-experiment", ["init", "--storage", "{db}"], USAGE, "experiment name '..' is not usable", env={"RNNTUNE_EXPERIMENT": ".."}),
+    Case(
+        "env-trials",
+        ["init", "--storage", "{db}"],
+        USAGE,
+        "'abc' is not a valid integer",
+        env={"RNNTUNE_TRIALS": "abc"},
+    ),
+    Case(
+        "env-seed",
+        ["init", "--storage", "{db}"],
+        USAGE,
+        "--seed must be at least 0",
+        env={"RNNTUNE_SEED": "-5"},
+    ),
+    Case(
+        "env-device",
+        ["worker", "--storage", "{db}"],
+        USAGE,
+        "unknown device 'tpu'",
+        env={"RNNTUNE_DEVICE": "tpu"},
+    ),
+    Case(
+        "env-experiment",
+        ["init", "--storage", "{db}"],
+        USAGE,
+        "experiment name '..' is not usable",
+        env={"RNNTUNE_EXPERIMENT": ".."},
+    ),
     Case(
         "env-storage-file-missing",
         ["status"],
@@ -408,8 +615,20 @@ CASES: list[Case] = [
         env={"RNNTUNE_STORAGE_PASSWORD_FILE": "{dir}/pw"},
         setup=_write("pw", "s3cr3t-pw"),
     ),
-    Case("env-storage-url", ["status"], USAGE, "unsupported storage backend 'redis'", env={"RNNTUNE_STORAGE": "redis://x"}),
-    Case("env-threads", ["run", "--storage", "{db}"], USAGE, "--threads must be at least 1, got -2", env={"RNNTUNE_THREADS": "-2"}),
+    Case(
+        "env-storage-url",
+        ["status"],
+        USAGE,
+        "unsupported storage backend 'redis'",
+        env={"RNNTUNE_STORAGE": "redis://x"},
+    ),
+    Case(
+        "env-threads",
+        ["run", "--storage", "{db}"],
+        USAGE,
+        "--threads must be at least 1, got -2",
+        env={"RNNTUNE_THREADS": "-2"},
+    ),
 ]
 
 

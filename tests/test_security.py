@@ -163,7 +163,9 @@ def test_run_keeps_the_password_off_argv_logs_and_reports(pg_url: str, tmp_path:
                 if not d.name.isdigit():
                     continue
                 try:
-                    argv = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    argv = (
+                        (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    )
                 except OSError:
                     continue
                 if "rnntune" in argv and " worker" in argv:

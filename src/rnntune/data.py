@@ -527,6 +527,12 @@ def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
                         "save it with numpy.savez(path, X=X, y=y)"
                     )
                 X, y = archive["X"], archive["y"]
+                if not isinstance(X, np.ndarray) or not isinstance(y, np.ndarray):
+                    # NpzFile hands back a member that is not .npy data as raw bytes.
+                    raise DataError(
+                        f"{path}: X or y is not a numpy array (a damaged or hand-made archive); "
+                        "save it with numpy.savez(path, X=X, y=y)"
+                    )
     except DataError:
         raise
     except ValueError as e:

@@ -83,10 +83,14 @@ def open_optuna_storage(
     """
     url = normalize_url(url)
     sqlite = is_sqlite(url)
+    creating = create_tables and not read_only
     if sqlite:
-        _prepare_sqlite_file(url, create=create_tables, wal=not reader)
-    if create_tables and not read_only:
+        # A database being created is checked (foreign tables) before WAL is switched on.
+        _prepare_sqlite_file(url, create=create_tables, wal=not reader and not creating)
+    if creating:
         _create_tables_once(url)
+        if sqlite and not reader:
+            _prepare_sqlite_file(url, create=True, wal=True)
     callback = None
     if heartbeat_interval is not None:
         callback = RetryHeartbeatStaleTrialCallback(

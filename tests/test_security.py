@@ -274,3 +274,95 @@ def test_sqlite_on_a_local_filesystem_is_accepted(tmp_path: Path) -> None:
     check_local_filesystem(Path("/mnt/nfs/local/s.db"), MOUNTINFO)
     check_local_filesystem(tmp_path / "s.db")  # this machine's real /proc/self/mountinfo
     assert filesystem_type(tmp_path) is not None
+
+
+# -- least-privilege roles (what Compose's init creates) --------------------------------------
+@pytest.fixture
+def roles(pg_url: str) -> Iterator[tuple[str, str]]:
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    tag = uuid.uuid4().hex[:8]
+    names = (f"rnntune_w_{tag}", f"rnntune_d_{tag}")
+    yield names
+    admin = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg2://"))
+    with admin.begin() as c:
+        for n in names:
+            if c.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :n"), {"n": n}).first():
+                c.execute(text(f'DROP OWNED BY "{n}"'))
+                c.execute(text(f'DROP ROLE "{n}"'))
+    admin.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(600)
+def test_init_creates_least_privilege_roles(pg_url: str, roles: tuple[str, str], tmp_path: Path):
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import ProgrammingError
+
+    worker, dash = roles
+    (tmp_path / "w").write_text(PASSWORD)
+    (tmp_path / "d").write_text("dashboard-" + PASSWORD)
+    env = {
+        "RNNTUNE_WORKER_ROLE_PASSWORD_FILE": str(tmp_path / "w"),
+        "RNNTUNE_DASHBOARD_ROLE_PASSWORD_FILE": str(tmp_path / "d"),
+    }
+    args = ["init", "--storage", pg_url, "--data", TINY_DATA, "--trials", "1", "--repeats", "1",
+            "--max-epochs", "1", "--worker-role", worker, "--dashboard-role", dash]  # fmt: skip
+    for _ in range(2):  # idempotent
+        r = CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        assert "s3cr3t" not in r.output
+    server = make_url(pg_url)
+
+    def as_role(name: str, password: str):  # noqa: ANN202
+        return server.set(drivername="postgresql+psycopg2", username=name, password=password)
+
+    # The stored password is a SCRAM verifier of the file's password, computed by the server's rules.
+    admin = create_engine(as_role("postgres", ""))
+    with admin.connect() as c:
+        stored = c.execute(
+            text("SELECT rolpassword FROM pg_authid WHERE rolname = :n"), {"n": worker}
+        ).scalar_one()
+    admin.dispose()
+    from rnntune.storage import scram_verifier
+
+    salt = __import__("base64").b64decode(stored.split("$")[1].split(":")[1])
+    assert stored == scram_verifier(PASSWORD, salt)
+
+    w = create_engine(as_role(worker, PASSWORD))
+    with w.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM studies")).scalar_one() == 3
+        with pytest.raises(ProgrammingError, match="permission denied"):
+            c.execute(text("CREATE TABLE intruder (x int)"))
+    w.dispose()
+    d = create_engine(as_role(dash, "x"))
+    with d.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM studies")).scalar_one() == 3
+        with pytest.raises(ProgrammingError, match="permission denied"):
+            c.execute(text("DELETE FROM trials"))
+    d.dispose()
+
+    # A real worker, as the worker role, does all of its work with those rights.
+    (tmp_path / "pw").write_text(PASSWORD)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RNNTUNE_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "rnntune", "worker", "--artifacts", str(tmp_path / "a")],
+        env={
+            **base,
+            "RNNTUNE_STORAGE": server.set(username=worker, password=None).render_as_string(),
+            "RNNTUNE_STORAGE_PASSWORD_FILE": str(tmp_path / "pw"),
+            "RNNTUNE_LOG_LEVEL": "WARNING",
+        },
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # And the dashboard's role can read the report's numbers: `status` as the dashboard.
+    url_d = as_role(dash, "x").render_as_string(hide_password=False)
+    r = CliRunner().invoke(main, ["status", "--storage", url_d], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "1/1" in r.output or "done" in r.output.lower(), r.output

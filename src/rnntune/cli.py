@@ -258,19 +258,64 @@ def main() -> None:
 @storage_option
 @experiment_option
 @experiment_config_options
+@click.option(
+    "--worker-role",
+    envvar="RNNTUNE_WORKER_ROLE",
+    help="PostgreSQL: create or update this role for the workers (read/write on the study "
+    "tables, no DDL); its password is read from the file RNNTUNE_WORKER_ROLE_PASSWORD_FILE.",
+)
+@click.option(
+    "--dashboard-role",
+    envvar="RNNTUNE_DASHBOARD_ROLE",
+    help="PostgreSQL: create or update this read-only role for the dashboard; its password is "
+    "read from the file RNNTUNE_DASHBOARD_ROLE_PASSWORD_FILE.",
+)
 @handle_errors
-def init(storage: str, experiment: str, config_file: str | None, **opts: Any) -> None:
+def init(
+    storage: str,
+    experiment: str,
+    config_file: str | None,
+    worker_role: str | None,
+    dashboard_role: str | None,
+    **opts: Any,
+) -> None:
     """Create or upgrade the schema and register the experiment (idempotent).
 
     Example: rnntune init --storage postgresql://rnntune@db/rnntune --trials 30
     """
     from rnntune.experiment import register
-    from rnntune.storage import mask_url, open_optuna_storage
+    from rnntune.storage import ensure_roles, mask_url, open_optuna_storage
+
+    roles = {}
+    for flag, name in (("WORKER", worker_role), ("DASHBOARD", dashboard_role)):
+        if name:
+            var = f"RNNTUNE_{flag}_ROLE_PASSWORD_FILE"
+            if not os.environ.get(var):
+                raise ConfigError(
+                    f"--{flag.lower()}-role {name} needs its password in a file: set {var} "
+                    "(never a password on the command line)"
+                )
+            from rnntune.storage import read_role_password
+
+            roles[flag] = (name, read_role_password(var, os.environ[var]))
+    if roles:
+        from rnntune.storage import is_sqlite, normalize_url
+
+        if is_sqlite(normalize_url(storage)):
+            raise ConfigError(
+                "database roles need PostgreSQL: drop --worker-role/--dashboard-role for SQLite"
+            )
 
     explicit = _explicit(experiment, config_file, **opts)
     config_mod.build(explicit)  # refuse bad values before anything is stored
     st = open_optuna_storage(storage, create_tables=True)
     exp, created = register(st, explicit)
+    if roles:
+        ensure_roles(st.engine, worker=roles.get("WORKER"), dashboard=roles.get("DASHBOARD"))
+        click.echo(
+            "database roles ready: "
+            + ", ".join(f"{r[0]} ({k.lower()})" for k, r in sorted(roles.items()))
+        )
     verb = "registered" if created else "already registered (unchanged)"
     click.echo(
         f"experiment {exp.name!r} {verb} in {mask_url(storage)}: "

@@ -13,6 +13,7 @@ from ._engine import (
 )
 from ._locks import exclusive
 from ._migrate import check_schema, current_revision, head_revision, upgrade
+from ._roles import ensure_roles, read_role_password, scram_verifier
 from ._session import session_scope
 from ._tables import Base, EvaluationRunRow, ExperimentRow, WorkerRow, utcnow
 from ._url import (
@@ -38,6 +39,7 @@ __all__ = [
     "check_schema",
     "current_revision",
     "engine_kwargs",
+    "ensure_roles",
     "filesystem_type",
     "exclusive",
     "head_revision",
@@ -45,6 +47,8 @@ __all__ = [
     "load_study",
     "mask_url",
     "normalize_url",
+    "read_role_password",
+    "scram_verifier",
     "open_optuna_storage",
     "session_scope",
     "sqlite_path",

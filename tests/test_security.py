@@ -319,7 +319,7 @@ def test_init_creates_least_privilege_roles(pg_url: str, roles: tuple[str, str],
     def as_role(name: str, password: str):  # noqa: ANN202
         return server.set(drivername="postgresql+psycopg2", username=name, password=password)
 
-    # The stored password is a SCRAM verifier of the file's password, computed by the server's rules.
+    # The stored password is a SCRAM verifier of the file's password, by the server's rules.
     admin = create_engine(as_role("postgres", ""))
     with admin.connect() as c:
         stored = c.execute(

@@ -559,7 +559,7 @@ CASES: list[Case] = [
         "pg-unreachable",
         ["init", "--storage", "postgresql://u:s3cr3t-pw@127.0.0.1:1/db"],
         RUNTIME,
-        "cannot create the study tables at postgresql+psycopg2://u:***@127.0.0.1:1/db",
+        "cannot open the study database at postgresql+psycopg2://u:***@127.0.0.1:1/db",
     ),
     # -- environment variables ----------------------------------------------------------------
     Case(
@@ -781,7 +781,7 @@ def test_unknown_database_and_role_on_real_postgres(pg_url: str, tmp_path: Path)
         r = CliRunner().invoke(main, ["init", "--storage", url], catch_exceptions=False)
         line = one_error_line(r.output)
         assert r.exit_code == 1 and expect in line and "s3cr3t-pw" not in line, r.output
-        assert "check the URL, that the server is running" in line
+        assert "check the URL, that the server is running and that the database exists" in line
         print(line)
 
 

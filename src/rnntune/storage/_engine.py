@@ -23,7 +23,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from rnntune.exceptions import StorageError
 
@@ -203,10 +203,15 @@ def _create_tables_once(url: str) -> None:
                 )
             if not tables >= OPTUNA_MARKERS:
                 RDBStorage(url, engine_kwargs=engine_kwargs(url)).engine.dispose()
+    except OperationalError as e:  # cannot connect: a wrong host, port, user, database...
+        raise StorageError(
+            f"cannot open the study database at {mask_url(url)} ({_short(e)}): check the URL, "
+            "that the server is running and that the database exists"
+        ) from e
     except (SQLAlchemyError, RuntimeError, optuna.exceptions.StorageInternalError) as e:
         raise StorageError(
-            f"cannot create the study tables at {mask_url(url)} ({_short(e)}): check the URL, "
-            "that the server is running and that the user may create tables"
+            f"cannot create the study tables at {mask_url(url)} ({_short(e)}): check that the "
+            "user may create tables there (run `rnntune init` as the database owner)"
         ) from e
     finally:
         engine.dispose()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -66,6 +67,14 @@ def _unwritable_dir(d: Path) -> None:
     # A regular file where a directory's parent should be: no user (root included) can create
     # a directory under it.
     (d / "afile").write_text("x")
+
+
+def _newer_schema(d: Path) -> None:
+    # As a newer rnntune would leave it: a revision this one does not know.
+    conn = sqlite3.connect(d / "study.db")
+    with conn:
+        conn.execute("UPDATE rnntune_alembic_version SET version_num = 'fffffffffff0'")
+    conn.close()
 
 
 def _mkdir(name: str) -> Callable[[Path], None]:
@@ -561,6 +570,21 @@ CASES: list[Case] = [
         RUNTIME,
         "cannot open the study database at postgresql+psycopg2://u:***@127.0.0.1:1/db",
     ),
+    Case(
+        "schema-newer-init",
+        ["init", "--storage", "{db}"],
+        RUNTIME,
+        "are at revision fffffffffff0, which this rnntune",
+        setup=_newer_schema,
+    ),
+    Case(
+        "schema-newer-status",
+        ["status", "--storage", "{db}"],
+        RUNTIME,
+        "a newer rnntune upgraded them; install that version here",
+        setup=_newer_schema,
+        subprocess=True,
+    ),
     # -- environment variables ----------------------------------------------------------------
     Case(
         "env-trials",
@@ -834,3 +858,65 @@ def test_seed_bound_fits_postgres_integer(pg_url: str) -> None:
         catch_exceptions=False,
     )
     assert r.exit_code == 0, r.output
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@pytest.fixture
+def password_pg(request: pytest.FixtureRequest) -> str:
+    """A throwaway PostgreSQL cluster of our own with password (SCRAM) authentication, on a free
+    port: the shared server trusts every password, so it cannot refuse a wrong one."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"no PostgreSQL binaries in {PG_BIN}")
+    drop: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        if not shutil.which("setpriv"):
+            pytest.skip("needs setpriv to drop root for initdb")
+        drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    base = Path(tempfile.mkdtemp(prefix="rnntune-pg-"))
+    request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
+    (base / "pw").write_text("right-password\n")
+    if drop:
+        os.chown(base, 65534, 65534)
+        os.chown(base / "pw", 65534, 65534)
+    data = base / "data"
+    subprocess.run(
+        [*drop, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres",
+         f"--pwfile={base / 'pw'}", "--auth-host=scram-sha-256", "--auth-local=trust"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctl = [*drop, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-t", "60"]
+    subprocess.run(
+        [*ctl, "-l", str(base / "log"), "start", "-o",
+         f"-p {port} -k {base} -c listen_addresses=127.0.0.1"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    request.addfinalizer(
+        lambda: subprocess.run([*ctl, "stop", "-m", "immediate"], capture_output=True, timeout=60)
+    )
+    return f"postgresql://postgres:{{password}}@127.0.0.1:{port}/postgres"
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(240)
+def test_wrong_password_on_real_postgres(password_pg: str, tmp_path: Path) -> None:
+    wrong = password_pg.format(password="s3cr3t-pw-wrong")
+    r = CliRunner().invoke(main, ["init", "--storage", wrong, "--data", TINY_DATA])
+    line = one_error_line(r.output)
+    assert r.exit_code == 1, r.output
+    assert 'password authentication failed for user "postgres"' in line, line
+    assert "s3cr3t" not in r.output and "***" in line
+    # The same cluster, with the right password from a file, works: the refusal was the password.
+    (tmp_path / "pw").write_text("right-password")
+    ok = CliRunner().invoke(
+        main,
+        ["status", "--storage", password_pg.replace(":{password}", "")],
+        env={"RNNTUNE_STORAGE_PASSWORD_FILE": str(tmp_path / "pw")},
+    )
+    assert "password authentication failed" not in ok.output, ok.output
+    assert "has no study tables: run `rnntune init`" in ok.output  # it got in; nothing there
+    print(line)

@@ -109,6 +109,11 @@ def open_optuna_storage(
     except (SQLAlchemyError, RuntimeError, optuna.exceptions.StorageInternalError) as e:
         # StorageInternalError: Optuna's wrapper of a failed first query, e.g. a read-only open of
         # a database that has no tables yet.
+        if _reachable_without_studies(url):
+            raise StorageError(
+                f"the database at {mask_url(url)} has no study tables: run `rnntune init` "
+                "(or `rnntune run`) on it first, or point --storage at rnntune's database"
+            ) from e
         raise StorageError(
             f"cannot open the study database at {mask_url(url)} ({_short(e)}): check the URL and "
             "that the server is running; a new database needs `rnntune init` first"
@@ -213,6 +218,19 @@ def _create_tables_once(url: str) -> None:
             f"cannot create the study tables at {mask_url(url)} ({_short(e)}): check that the "
             "user may create tables there (run `rnntune init` as the database owner)"
         ) from e
+    finally:
+        engine.dispose()
+
+
+def _reachable_without_studies(url: str) -> bool:
+    """True when the database answers but has no Optuna ``studies`` table."""
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine(url, **engine_kwargs(url))
+    try:
+        return "studies" not in inspect(engine).get_table_names()
+    except SQLAlchemyError:
+        return False
     finally:
         engine.dispose()
 

@@ -45,8 +45,35 @@ def current_revision(engine: Engine) -> str | None:
         ).get_current_revision()
 
 
+def _known(revision: str) -> bool:
+    try:
+        return ScriptDirectory.from_config(_config()).get_revision(revision) is not None
+    except Exception:  # noqa: BLE001 - alembic raises several types for an unknown revision
+        return False
+
+
+def _newer_schema(engine: Engine, current: str) -> StorageError:
+    return StorageError(
+        f"rnntune's tables at {mask_url(str(engine.url))} are at revision {current}, which this "
+        f"rnntune ({_version()}) does not know: a newer rnntune upgraded them; install that "
+        "version here (every process on a study must run the same rnntune)"
+    )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rnntune")
+    except PackageNotFoundError:
+        return "unknown version"
+
+
 def upgrade(engine: Engine) -> None:
     """Bring rnntune's tables to the newest revision (idempotent, serialised across processes)."""
+    current = current_revision(engine)
+    if current is not None and not _known(current):
+        raise _newer_schema(engine, current)
     with exclusive(engine, "rnntune:migrate"):
         cfg = _config()
         with engine.begin() as conn:
@@ -72,6 +99,8 @@ def check_schema(engine: Engine) -> None:
             "another application's Optuna database): point --storage at rnntune's database, or "
             "run `rnntune init` on this one first"
         )
+    if not _known(current):
+        raise _newer_schema(engine, current)
     if current != head_revision():
         raise StorageError(
             f"rnntune's tables are at revision {current or 'none'}, this version needs "

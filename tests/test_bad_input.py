@@ -11,6 +11,7 @@ subprocess, as a user would.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
@@ -67,6 +68,21 @@ def _unwritable_dir(d: Path) -> None:
     # A regular file where a directory's parent should be: no user (root included) can create
     # a directory under it.
     (d / "afile").write_text("x")
+
+
+def _huge_npz_header(path: Path) -> None:
+    """An .npz whose X header announces 10**12 float32 values (the data itself is not there)."""
+    import zipfile
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": "<f4", "fortran_order": False, "shape": (10**9, 100, 10)}
+    )
+    y = io.BytesIO()
+    np.save(y, np.array([0, 1]))
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("X.npy", buf.getvalue())
+        z.writestr("y.npy", y.getvalue())
 
 
 def _newer_schema(d: Path) -> None:
@@ -157,6 +173,12 @@ CASES: list[Case] = [
         ["worker", "--storage", "{db}", "--grace-period", "5", "--heartbeat-interval", "5"],
         USAGE,
         "must exceed --heartbeat-interval",
+    ),
+    Case(
+        "grace-huge",
+        ["worker", "--storage", "{db}", "--grace-period", "86000000000000"],
+        USAGE,
+        "--grace-period must be at most one week (604800 s)",
     ),
     Case(
         "device-cuda-x",
@@ -920,3 +942,41 @@ def test_wrong_password_on_real_postgres(password_pg: str, tmp_path: Path) -> No
     assert "password authentication failed" not in ok.output, ok.output
     assert "has no study tables: run `rnntune init`" in ok.output  # it got in; nothing there
     print(line)
+
+
+def test_ascii_bytes_labels_are_read(tmp_path: Path) -> None:
+    """Bytes labels that are text (numpy.savez of b"normal") load like str labels."""
+    y = np.array([b"normal", b"Abnormal ", b"0", b"1"] * 15)
+    _npz("b.npz", y)(tmp_path)
+    from rnntune.data import load_dataset
+
+    ds = load_dataset(f"npz:{tmp_path / 'b.npz'}")
+    assert ds.y.tolist()[:4] == [0, 1, 0, 1]
+
+
+def test_concurrent_report_writes_never_collide(tmp_path: Path) -> None:
+    """Two `evaluate` jobs with the same --out: each write goes through a temporary file of its
+    own, so neither fails and the file is always one whole version (L5)."""
+    import threading
+
+    from rnntune.report import _atomic_write
+
+    target = tmp_path / "report.md"
+    texts = [f"version {i}\n" * 2000 for i in range(8)]
+    errors: list[BaseException] = []
+
+    def write(text: str) -> None:
+        try:
+            for _ in range(20):
+                _atomic_write(target, text)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert target.read_text() in texts
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]  # no temporary file left

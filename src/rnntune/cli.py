@@ -655,6 +655,8 @@ def dashboard(
     """
     from rnntune.dashboard import serve
 
+    # RNNTUNE_DASHBOARD_ALLOWED_HOSTS: comma- or space-separated, as app_from_env reads it.
+    allowed_hosts = tuple(h for item in allowed_hosts for h in item.split(",") if h.strip())
     mode = "read-write" if allow_writes else "read-only"
     click.echo(f"optuna-dashboard ({mode}) on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
     serve(

@@ -526,6 +526,7 @@ def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
                         f"(found: {', '.join(archive.files) or 'nothing'}); "
                         "save it with numpy.savez(path, X=X, y=y)"
                     )
+                _check_fits_in_memory(archive, path)
                 X, y = archive["X"], archive["y"]
                 if not isinstance(X, np.ndarray) or not isinstance(y, np.ndarray):
                     # NpzFile hands back a member that is not .npy data as raw bytes.
@@ -548,6 +549,45 @@ def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
             f"cannot read {path} as .npz ({type(e).__name__}: {e}); write it with numpy.savez"
         ) from e
     return X, y
+
+
+# A worker holds X as float32 about three times (as read, split, scaled): refuse, with the
+# numbers, a file that cannot fit, instead of an OOM kill without a message.
+_COPIES = 3
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _check_fits_in_memory(archive: Any, path: str) -> None:
+    try:
+        with archive.zip.open("X.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, _ = read(f)
+    except Exception:  # noqa: BLE001 - a damaged member is reported when it is loaded
+        return
+    values = int(np.prod(shape, dtype=np.float64)) if shape else 1
+    need, have = values * 4 * _COPIES, _available_memory()
+    if have is not None and need > have:
+        raise DataError(
+            f"{path}: X has shape {tuple(shape)} ({values:,} values), which needs about "
+            f"{need / 2**30:.1f} GiB of memory in each worker, and this machine has "
+            f"{have / 2**30:.1f} GiB available; use a sample of the data, or a machine with more "
+            "memory"
+        )
 
 
 def _read_csv(path: str) -> tuple[np.ndarray, np.ndarray]:

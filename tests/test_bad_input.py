@@ -104,9 +104,7 @@ def _cfg(text: str) -> Callable[[Path], None]:
 INIT = ["init", "--storage", "{db}"]
 CFG = [*INIT, "--config", "{dir}/exp.toml"]
 NEW = ["--experiment", "fresh"]  # a new experiment: the file's values are not merged into the old
-BYTES_NON_ASCII = np.array(
-    [b"normal", b"abnormal", "ab\xe9normal".encode("latin-1")] * 20
-)
+BYTES_NON_ASCII = np.array([b"normal", b"abnormal", "ab\xe9normal".encode("latin-1")] * 20)
 
 CASES: list[Case] = [
     # -- CLI options ----------------------------------------------------------------------
@@ -407,6 +405,13 @@ CASES: list[Case] = [
             '[search_space.learning_rate]\ntype = "float"\nlow = 0.001\nhigh = 0.01\nstep = 0\n'
         ),
         subprocess=True,
+    ),
+    Case(
+        "space-step-not-dividing",
+        [*CFG, *NEW],
+        USAGE,
+        "search_space.dropout: high - low (0.5 - 0.1) is not a multiple of step 0.3; use high = 0.4",
+        setup=_cfg('[search_space.dropout]\ntype = "float"\nlow = 0.1\nhigh = 0.5\nstep = 0.3\n'),
     ),
     Case(
         "space-log-and-step",

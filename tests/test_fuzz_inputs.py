@@ -219,6 +219,11 @@ NEAR = {  # values near the edges of what is valid, so that many files are accep
 }
 
 
+def _biased(valid: st.SearchStrategy, edge: st.SearchStrategy) -> st.SearchStrategy:
+    """Mostly valid values, sometimes an edge case: so that many whole files are accepted."""
+    return st.integers(0, 9).flatmap(lambda k: valid if k < 8 else edge)
+
+
 @st.composite
 def plausible_experiment_file(draw: st.DrawFn) -> str:
     near = st.one_of(NEAR["int"], NEAR["float"], NEAR["bool"])
@@ -232,30 +237,56 @@ def plausible_experiment_file(draw: st.DrawFn) -> str:
             max_size=3,
         )
     ):
-        out.append(f"{k} = {_toml_value(draw(NEAR['int'] if draw(st.booleans()) else near))}")
+        out.append(f"{k} = {_toml_value(draw(_biased(st.integers(1, 50), near)))}")
     if draw(st.booleans()):
-        fams = draw(st.lists(st.sampled_from(["rnn", "gru", "lstm"]), min_size=1, max_size=3))
+        fams = draw(
+            _biased(
+                st.lists(
+                    st.sampled_from(["rnn", "gru", "lstm"]), min_size=1, max_size=3, unique=True
+                ),
+                st.lists(st.sampled_from(["rnn", "gru", "x"]), max_size=3),
+            )
+        )
         out.append(f"families = {_toml_value(fams)}")
     out.append("[pruner]")
     out.append(f"type = {_toml_value(draw(st.sampled_from(config_mod.PRUNERS)))}")
-    for k in ("n_startup_trials", "n_warmup_steps", "percentile"):
+    for k, valid in (
+        ("n_startup_trials", st.integers(0, 5)),
+        ("n_warmup_steps", st.integers(0, 5)),
+        ("percentile", st.floats(0, 100)),
+    ):
         if draw(st.booleans()):
-            out.append(f"{k} = {_toml_value(draw(near))}")
+            out.append(f"{k} = {_toml_value(draw(_biased(valid, near)))}")
     for param in draw(st.lists(st.sampled_from(list(config_mod.TUNABLE)), unique=True, max_size=3)):
         kind = draw(st.sampled_from(config_mod.TUNABLE[param]))
         out.append(f"[search_space.{param}]")
         out.append(f"type = {_toml_value(kind)}")
-        if kind == "categorical":
-            out.append(f"choices = {_toml_value(draw(st.lists(near, min_size=0, max_size=3)))}")
-            continue
         ints = param in ("hidden_size", "batch_size", "num_layers")
-        low = draw(st.integers(0, 64) if ints else st.floats(0, 0.9))
-        high = draw(st.integers(0, 128) if ints else st.floats(0, 0.9))
+        if kind == "categorical":
+            valid = st.lists(
+                st.integers(1, 128) if ints else st.floats(0.0001, 0.9),
+                min_size=1,
+                max_size=3,
+                unique=True,
+            )
+            out.append(f"choices = {_toml_value(draw(_biased(valid, st.lists(near, max_size=3))))}")
+            continue
+        a, b = sorted(
+            draw(
+                st.lists(
+                    st.integers(1, 128) if ints else st.floats(0.0001, 0.9), min_size=2, max_size=2
+                )
+            )
+        )
+        low, high = draw(_biased(st.just((a, b)), st.tuples(near, near)))
         out += [f"low = {_toml_value(low)}", f"high = {_toml_value(high)}"]
+        log = draw(st.booleans())
         if draw(st.booleans()):
-            out.append(f"log = {_toml_value(draw(st.booleans()))}")
-        if draw(st.booleans()):
-            out.append(f"step = {_toml_value(draw(near))}")
+            out.append(f"log = {_toml_value(log)}")
+        if draw(st.booleans()) or not log:
+            step = draw(_biased(st.integers(1, 4) if ints else st.floats(0.001, 0.1), near))
+            if not log or draw(st.integers(0, 4)) == 0:
+                out.append(f"step = {_toml_value(step)}")
     return "\n".join(out) + "\n"
 
 

@@ -14,6 +14,7 @@ import json
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -427,6 +428,14 @@ def validate_search_space(space: dict[str, dict[str, Any]]) -> None:
                     raise ConfigError(f"{where}: give either log = true or a step, not both")
                 if kind == "int" and not isinstance(step, int):
                     raise ConfigError(f"{where}: an int parameter needs a whole-number step")
+                # Optuna would silently lower `high` to the last multiple of step: say so.
+                span = Decimal(str(high)) - Decimal(str(low))
+                if span % Decimal(str(step)) != 0:
+                    fixed = span // Decimal(str(step)) * Decimal(str(step)) + Decimal(str(low))
+                    raise ConfigError(
+                        f"{where}: high - low ({high} - {low}) is not a multiple of step {step}; "
+                        f"use high = {fixed}"
+                    )
             if kind == "int" and not (isinstance(low, int) and isinstance(high, int)):
                 raise ConfigError(f"{where}: an int parameter needs whole-number low and high")
             if spec.get("log") and low <= 0:

@@ -410,7 +410,8 @@ CASES: list[Case] = [
         "space-step-not-dividing",
         [*CFG, *NEW],
         USAGE,
-        "search_space.dropout: high - low (0.5 - 0.1) is not a multiple of step 0.3; use high = 0.4",
+        "search_space.dropout: high - low (0.5 - 0.1) is not a multiple of step 0.3; "
+        "use high = 0.4",
         setup=_cfg('[search_space.dropout]\ntype = "float"\nlow = 0.1\nhigh = 0.5\nstep = 0.3\n'),
     ),
     Case(

@@ -258,12 +258,19 @@ CASES: list[Case] = [
         USAGE,
         "does not exist: check the --config path",
     ),
+    Case(
+        "file-is-directory",
+        [*INIT, "--config", "{dir}/cfgdir"],
+        USAGE,
+        "File '{dir}/cfgdir' is a directory",
+        setup=_mkdir("cfgdir"),
+    ),
     Case("file-bad-toml", CFG, USAGE, "is not valid TOML", setup=_cfg("[experiment\n")),
     Case(
         "file-not-utf8",
         CFG,
         USAGE,
-        "cannot read experiment file",
+        "is not UTF-8 text (byte 0xff at position 0): save it as UTF-8",
         setup=_write("exp.toml", b"\xff\xfe[x]"),
     ),
     Case(
@@ -551,7 +558,7 @@ CASES: list[Case] = [
         "sqlite-parent-is-file",
         ["init", "--storage", "sqlite:///{dir}/afile/x.db"],
         RUNTIME,
-        "for the SQLite database",
+        "a part of that path is a file, not a directory",
         setup=_unwritable_dir,
     ),
     Case(

@@ -142,8 +142,17 @@ def read_file(path: str | Path) -> dict[str, Any]:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise ConfigError(f"experiment file {p} does not exist: check the --config path") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read experiment file {p} ({e}): check its permissions") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"experiment file {p} is not UTF-8 text (byte {e.object[e.start]:#x} at position "
+            f"{e.start}): save it as UTF-8"
+        ) from e
+    except IsADirectoryError as e:
+        raise ConfigError(f"experiment file {p} is a directory: pass the .toml file") from e
+    except OSError as e:
+        raise ConfigError(
+            f"cannot read experiment file {p} ({e.strerror or e}): check its permissions"
+        ) from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"experiment file {p} is not valid TOML ({e}): fix the syntax") from e
     out: dict[str, Any] = {}

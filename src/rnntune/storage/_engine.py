@@ -270,6 +270,11 @@ def _check_sqlite_file(path: Path, *, create: bool, wal: bool) -> None:
             )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise StorageError(
+            f"cannot create the directory {path.parent} for the SQLite database: a part of that "
+            f"path is a file, not a directory; {fix}"
+        ) from e
     except OSError as e:
         raise StorageError(
             f"cannot create the directory {path.parent} for the SQLite database ({e.strerror}): "

@@ -366,3 +366,16 @@ def test_init_creates_least_privilege_roles(pg_url: str, roles: tuple[str, str],
     r = CliRunner().invoke(main, ["status", "--storage", url_d], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "1/1" in r.output or "done" in r.output.lower(), r.output
+    # The dashboard app itself works on the read-only role (GET pages only read).
+    from wsgiref.util import setup_testing_defaults
+
+    from rnntune.dashboard import make_app
+
+    app = make_app(url_d)
+    for path in ("/api/studies", "/api/studies/1?after=0"):
+        environ: dict = {}
+        setup_testing_defaults(environ)
+        environ["PATH_INFO"], environ["QUERY_STRING"] = path.partition("?")[::2]
+        status: list[str] = []
+        b"".join(app(environ, lambda s, h, exc_info=None: status.append(s)))
+        assert status[0].startswith("200"), (path, status)

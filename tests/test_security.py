@@ -377,5 +377,5 @@ def test_init_creates_least_privilege_roles(pg_url: str, roles: tuple[str, str],
         setup_testing_defaults(environ)
         environ["PATH_INFO"], environ["QUERY_STRING"] = path.partition("?")[::2]
         status: list[str] = []
-        b"".join(app(environ, lambda s, h, exc_info=None: status.append(s)))
+        b"".join(app(environ, lambda s, h, exc_info=None, out=status: out.append(s)))
         assert status[0].startswith("200"), (path, status)

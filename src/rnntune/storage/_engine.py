@@ -85,12 +85,29 @@ def open_optuna_storage(
     sqlite = is_sqlite(url)
     creating = create_tables and not read_only
     if sqlite:
-        # A database being created is checked (foreign tables) before WAL is switched on.
-        _prepare_sqlite_file(url, create=create_tables, wal=not reader and not creating)
-    if creating:
+        _prepare_sqlite_file(url, create=create_tables, wal=False)
+    # Looked at before anything is written: Optuna's RDBStorage writes to any database it opens
+    # (a version row, an Alembic stamp: DDL) when its tables are missing or half-made, which
+    # would race the `init` that is creating them, or litter someone else's database.
+    state, tables = _schema_state(url)
+    if state == "foreign":
+        raise _foreign(url, creating, tables)
+    if sqlite and not reader:
+        # WAL lets readers (status, dashboard) run beside a writer; set before tables exist.
+        _prepare_sqlite_file(url, create=create_tables, wal=True)
+    if creating and state != "ready":
         _create_tables_once(url)
-        if sqlite and not reader:
-            _prepare_sqlite_file(url, create=True, wal=True)
+    elif not creating and state in ("empty", "partial"):
+        raise StorageError(
+            f"the database at {mask_url(url)} has no study tables"
+            + (
+                " yet (or only some: an init is running or was interrupted)"
+                if state == "partial"
+                else ""
+            )
+            + ": run `rnntune init` (or `rnntune run`) on it first, or point --storage at "
+            "rnntune's database"
+        )
     callback = None
     if heartbeat_interval is not None:
         callback = RetryHeartbeatStaleTrialCallback(
@@ -109,11 +126,6 @@ def open_optuna_storage(
     except (SQLAlchemyError, RuntimeError, optuna.exceptions.StorageInternalError) as e:
         # StorageInternalError: Optuna's wrapper of a failed first query, e.g. a read-only open of
         # a database that has no tables yet.
-        if _reachable_without_studies(url):
-            raise StorageError(
-                f"the database at {mask_url(url)} has no study tables: run `rnntune init` "
-                "(or `rnntune run`) on it first, or point --storage at rnntune's database"
-            ) from e
         raise StorageError(
             f"cannot open the study database at {mask_url(url)} ({_short(e)}): check the URL and "
             "that the server is running; a new database needs `rnntune init` first"
@@ -206,8 +218,8 @@ def _create_tables_once(url: str) -> None:
                     "changed: give rnntune a database of its own (createdb rnntune), or on "
                     "PostgreSQL a schema of its own (?options=-csearch_path%3Drnntune)"
                 )
-            if not tables >= OPTUNA_MARKERS:
-                RDBStorage(url, engine_kwargs=engine_kwargs(url)).engine.dispose()
+            # Idempotent: creates what is missing, the version row, the Alembic stamp.
+            RDBStorage(url, engine_kwargs=engine_kwargs(url)).engine.dispose()
     except OperationalError as e:  # cannot connect: a wrong host, port, user, database...
         raise StorageError(
             f"cannot open the study database at {mask_url(url)} ({_short(e)}): check the URL, "
@@ -222,17 +234,43 @@ def _create_tables_once(url: str) -> None:
         engine.dispose()
 
 
-def _reachable_without_studies(url: str) -> bool:
-    """True when the database answers but has no Optuna ``studies`` table."""
-    from sqlalchemy import create_engine, inspect
+def _schema_state(url: str) -> tuple[str | None, set[str]]:
+    """``empty``, ``foreign`` (another application's tables only), ``partial`` (Optuna's tables
+    not all there, or not stamped yet), ``ready``, or None when the database does not answer."""
+    from sqlalchemy import create_engine, inspect, text
 
     engine = create_engine(url, **engine_kwargs(url))
     try:
-        return "studies" not in inspect(engine).get_table_names()
+        tables = set(inspect(engine).get_table_names())
+        if not tables:
+            return "empty", tables
+        if not tables >= OPTUNA_MARKERS and not tables & RNNTUNE_MARKERS:
+            return "foreign", tables
+        if not tables >= OPTUNA_MARKERS | {"alembic_version"}:
+            return "partial", tables
+        with engine.connect() as conn:
+            stamped = conn.execute(text("SELECT count(*) FROM alembic_version")).scalar()
+            versioned = conn.execute(text("SELECT count(*) FROM version_info")).scalar()
+        return ("ready" if stamped and versioned else "partial"), tables
     except SQLAlchemyError:
-        return False
+        return None, set()
     finally:
         engine.dispose()
+
+
+def _foreign(url: str, creating: bool, tables: set[str]) -> StorageError:
+    shown = ", ".join(sorted(tables)[:5]) + (" ..." if len(tables) > 5 else "")
+    if not creating:
+        return StorageError(
+            f"the database at {mask_url(url)} holds another application's tables ({shown}) and "
+            "no study tables: point --storage at rnntune's database"
+        )
+    return StorageError(
+        f"the database at {mask_url(url)} already holds tables of another application "
+        f"({shown}) and no Optuna or rnntune tables; nothing was changed: give rnntune a "
+        "database of its own (createdb rnntune), or on PostgreSQL a schema of its own "
+        "(?options=-csearch_path%3Drnntune)"
+    )
 
 
 def _prepare_sqlite_file(url: str, *, create: bool, wal: bool) -> None:

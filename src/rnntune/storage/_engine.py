@@ -135,7 +135,6 @@ def open_optuna_storage(
     return storage
 
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 # Filesystems on which SQLite's WAL (shared memory) and POSIX locks (rnntune's budget lock) are
 # not safe: the database would be corrupted or two workers would both hold the lock.
 NETWORK_FS = frozenset(
@@ -294,18 +293,25 @@ def _check_sqlite_file(path: Path, *, create: bool, wal: bool) -> None:
             "or point --storage at the right file"
         )
     if path.exists():
+        # Asked of SQLite itself, read-only. Never open the database file with a plain open():
+        # closing that descriptor drops every POSIX lock this process holds on the file,
+        # SQLite's included, and a database can be corrupted that way (sqlite.org/howtocorrupt,
+        # 2.2). SQLite shares one descriptor per file between its own connections.
         try:
-            with path.open("rb") as f:
-                head = f.read(len(SQLITE_HEADER))
-        except OSError as e:
-            raise StorageError(
-                f"cannot read the SQLite database {path} ({e.strerror}): {fix}"
-            ) from e
-        if head and head != SQLITE_HEADER:
-            raise StorageError(
-                f"{path} is not a SQLite database (it holds something else); nothing was changed: "
-                f"{fix}"
-            )
+            with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as conn:
+                conn.execute("PRAGMA schema_version").fetchone()
+        except sqlite3.DatabaseError as e:
+            if "malformed" in str(e):
+                raise StorageError(
+                    f"the SQLite database {path} is damaged ({e}): restore it from a backup, or "
+                    f"start a new study elsewhere: {fix}"
+                ) from e
+            if "not a database" in str(e):
+                raise StorageError(
+                    f"{path} is not a SQLite database (it holds something else); nothing was "
+                    f"changed: {fix}"
+                ) from e
+            raise StorageError(f"cannot read the SQLite database {path} ({e}): {fix}") from e
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as e:

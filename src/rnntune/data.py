@@ -133,6 +133,10 @@ def _coerce_param(key: str, raw: object) -> int | float:
     return value
 
 
+# Every worker builds and holds the whole synthetic set: 2**28 float32 values are 1 GiB.
+MAX_SYNTHETIC_VALUES = 2**28
+
+
 def _check_synthetic_values(
     n: int, length: int, features: int, seed: int, abnormal_rate: float
 ) -> None:
@@ -147,6 +151,13 @@ def _check_synthetic_values(
         problems.append(f"seed={seed} (need >= 0)")
     if not 0.0 < abnormal_rate < 1.0:
         problems.append(f"abnormal_rate={abnormal_rate} (need 0 < rate < 1)")
+    if not problems and n * length * features > MAX_SYNTHETIC_VALUES:
+        problems.append(
+            f"n*length*features = {n * length * features:,} values "
+            f"({n * length * features * 4 / 2**30:.1f} GiB as float32) is above the limit of "
+            f"{MAX_SYNTHETIC_VALUES:,} (every worker holds all of it in memory); lower n, "
+            "length or features"
+        )
     if problems:
         raise ConfigError(f"bad synthetic parameter(s): {'; '.join(problems)}")
 
@@ -264,8 +275,22 @@ def _labels_to_int(y: np.ndarray, source: str) -> np.ndarray:
                 f"({len(bad)} distinct); use 0/1 or normal/abnormal"
             )
         return y.astype(np.int64)
-    if y.dtype.kind in "US" or y.dtype.kind == "O":
-        words = np.char.lower(np.char.strip(y.astype(str)))
+    if y.dtype.kind == "S":  # bytes (numpy.savez of b"normal", or of str encoded by hand)
+        try:
+            y = np.char.decode(y, "utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"{source}: labels are bytes that are not UTF-8 text (byte {e.object[e.start]:#x}"
+                f" at position {e.start}); store labels as str (normal/abnormal) or 0/1 integers"
+            ) from None
+    if y.dtype.kind == "O":
+        if not all(isinstance(v, str) for v in y.tolist()):
+            raise DataError(
+                f"{source}: labels mix types; store labels as str (normal/abnormal) or 0/1"
+            )
+        y = y.astype(str)
+    if y.dtype.kind == "U":
+        words = np.char.lower(np.char.strip(y))
         uniq, inverse = np.unique(words, return_inverse=True)
         unknown = [w for w in uniq if w not in _LABEL_WORDS]
         if unknown:
@@ -501,7 +526,14 @@ def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
                         f"(found: {', '.join(archive.files) or 'nothing'}); "
                         "save it with numpy.savez(path, X=X, y=y)"
                     )
+                _check_fits_in_memory(archive, path)
                 X, y = archive["X"], archive["y"]
+                if not isinstance(X, np.ndarray) or not isinstance(y, np.ndarray):
+                    # NpzFile hands back a member that is not .npy data as raw bytes.
+                    raise DataError(
+                        f"{path}: X or y is not a numpy array (a damaged or hand-made archive); "
+                        "save it with numpy.savez(path, X=X, y=y)"
+                    )
     except DataError:
         raise
     except ValueError as e:
@@ -517,6 +549,45 @@ def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
             f"cannot read {path} as .npz ({type(e).__name__}: {e}); write it with numpy.savez"
         ) from e
     return X, y
+
+
+# A worker holds X as float32 about three times (as read, split, scaled): refuse, with the
+# numbers, a file that cannot fit, instead of an OOM kill without a message.
+_COPIES = 3
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _check_fits_in_memory(archive: Any, path: str) -> None:
+    try:
+        with archive.zip.open("X.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, _ = read(f)
+    except Exception:  # noqa: BLE001 - a damaged member is reported when it is loaded
+        return
+    values = int(np.prod(shape, dtype=np.float64)) if shape else 1
+    need, have = values * 4 * _COPIES, _available_memory()
+    if have is not None and need > have:
+        raise DataError(
+            f"{path}: X has shape {tuple(shape)} ({values:,} values), which needs about "
+            f"{need / 2**30:.1f} GiB of memory in each worker, and this machine has "
+            f"{have / 2**30:.1f} GiB available; use a sample of the data, or a machine with more "
+            "memory"
+        )
 
 
 def _read_csv(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -183,10 +183,12 @@ def register(
             resolve_policy(existing, heartbeat_interval, grace_period)
             loaded = load_data(existing.config, data_override)
             verify_data(existing, loaded)
+            _check_studies(storage, existing.config)
             _create_studies(storage, existing.config)
             _forgive_given_up(storage, existing.config)
             return existing, False
         cfg = build(explicit)
+        _check_studies(storage, cfg)
         loaded = load_data(cfg, data_override)
         _create_studies(storage, cfg)
         failpoint("init.after_studies")
@@ -211,6 +213,37 @@ def register(
             exp = Experiment.from_row(row)
         log.info("registered experiment %s (%s)", cfg.name, loaded.fingerprint[:19])
         return exp, True
+
+
+def _check_studies(storage: RDBStorage, cfg: ExperimentConfig) -> None:
+    """Refuse to adopt a study of the same name that this experiment did not create.
+
+    ``create_study(load_if_exists=True)`` would take any study called ``<name>.<family>``: its
+    trials would count toward the budget, and a ``minimize`` study's best trial is the worst
+    configuration. An empty study without rnntune's attributes is our own half-made one (a
+    crash between creating it and tagging it), and is adopted.
+    """
+    for family in cfg.families:
+        name = cfg.study_name(family)
+        try:
+            study_id = storage.get_study_id_from_name(name)
+        except KeyError:
+            continue
+        owner = storage.get_study_user_attrs(study_id).get("rnntune_experiment")
+        directions = storage.get_study_directions(study_id)
+        problem = None
+        if directions != [optuna.study.StudyDirection.MAXIMIZE]:
+            problem = f"its direction is {', '.join(d.name.lower() for d in directions)}"
+        elif owner is not None and owner != cfg.name:
+            problem = f"it belongs to rnntune experiment {owner!r}"
+        elif owner is None and storage.get_all_trials(study_id, deepcopy=False):
+            problem = "it has trials but was not created by rnntune"
+        if problem:
+            raise ExperimentMismatchError(
+                f"a study named {name!r} already exists in {mask_url(str(storage.engine.url))} "
+                f"and {problem}; nothing was changed: use a new --experiment name (or delete "
+                "that study if it is yours to delete)"
+            )
 
 
 def _create_studies(storage: RDBStorage, cfg: ExperimentConfig) -> None:

@@ -34,14 +34,15 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-def worker_command(storage: str, experiment: str, rt: Runtime, data: str | None) -> list[str]:
+def worker_command(experiment: str, rt: Runtime, data: str | None) -> list[str]:
+    """A worker's argv. No storage URL in it: argv is public (``ps``, /proc/PID/cmdline) and the
+    URL may hold the database password, so it goes in the child's environment instead
+    (:func:`worker_env`)."""
     cmd = [
         sys.executable,
         "-m",
         "rnntune",
         "worker",
-        "--storage",
-        storage,
         "--experiment",
         experiment,
         "--artifacts",
@@ -61,6 +62,18 @@ def worker_command(storage: str, experiment: str, rt: Runtime, data: str | None)
     return cmd
 
 
+def worker_env(storage_url: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a worker process: ours, with the storage URL in RNNTUNE_STORAGE (which
+    only this user and root can read) and the *_FILE variables dropped, as the URL is already
+    resolved."""
+    env = dict(os.environ if base is None else base)
+    env.pop("RNNTUNE_STORAGE_FILE", None)
+    env.pop("RNNTUNE_STORAGE_PASSWORD_FILE", None)
+    env["RNNTUNE_STORAGE"] = storage_url
+    env.setdefault("RNNTUNE_LOG_LEVEL", "WARNING")
+    return env
+
+
 def run_workers(
     storage: Any,
     storage_url: str,
@@ -72,9 +85,8 @@ def run_workers(
     poll: float = 2.0,
 ) -> None:
     """Start ``n_workers`` worker processes and print progress until they have all exited."""
-    env = dict(os.environ)
-    env.setdefault("RNNTUNE_LOG_LEVEL", "WARNING")
-    cmd = worker_command(storage_url, exp.name, rt, data_override)
+    env = worker_env(storage_url)
+    cmd = worker_command(exp.name, rt, data_override)
     procs = [
         subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
         for _ in range(n_workers)

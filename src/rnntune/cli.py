@@ -59,7 +59,8 @@ def experiment_config_options(f: Callable) -> Callable:
             "--data",
             envvar="RNNTUNE_DATA",
             show_default=d.data,
-            help="synthetic[:n=...,length=...,features=...,seed=...], npz:PATH or csv:PATH.",
+            help="synthetic[:n=...,length=...,features=...,seed=...], npz:PATH, csv:PATH or "
+            "ucr:PATH_TRAIN.tsv|.ts[,normal=A|B] (UCR/UEA archive; see README, Data).",
         ),
         click.option(
             "--trials",
@@ -95,6 +96,14 @@ def experiment_config_options(f: Callable) -> Callable:
             type=click.Choice(config_mod.METRICS),
             show_default=d.objective,
             help="Validation metric tuning maximises.",
+        ),
+        click.option(
+            "--resplit/--fixed-split",
+            "resplit",
+            envvar="RNNTUNE_RESPLIT",
+            default=None,
+            help="Re-split per repeat: repeat i trains and tests on split i (the same for every "
+            "family); its test part may hold sequences tuning saw. [default: fixed split]",
         ),
         click.option(
             "--pruner",

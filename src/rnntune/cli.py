@@ -454,27 +454,60 @@ def evaluate(
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
-    help="Write to this file (Markdown puts its plots beside it) [default: stdout].",
+    help="Write to this file (Markdown puts its plots beside it) [default: stdout; with --open: "
+    "reports/report.html].",
+)
+@click.option(
+    "--open",
+    "open_browser",
+    is_flag=True,
+    help="Write the HTML report and open it in a web browser (BROWSER picks which).",
 )
 @handle_errors
-def report(storage: str, experiment: str, fmt: str, out: str | None) -> None:
+def report(storage: str, experiment: str, fmt: str, out: str | None, open_browser: bool) -> None:
     """Export the report of an experiment, finished or not (an unfinished one says what is
     missing).
 
-    Example: rnntune report --format html --out reports/report.html
+    Example: rnntune report --format html --out reports/report.html; rnntune report --open
     """
     from rnntune.experiment import find_or_raise_by_name
     from rnntune.report import build_report, render, write
     from rnntune.storage import open_optuna_storage
 
+    fmt_given = click.get_current_context().get_parameter_source("fmt")
+    if open_browser and fmt != "html" and fmt_given != click.core.ParameterSource.DEFAULT:
+        raise click.UsageError(
+            f"--open shows the HTML report, not --format {fmt}; drop --format or use html"
+        )
     st = open_optuna_storage(storage, read_only=True, reader=True)
     exp = find_or_raise_by_name(st.engine, experiment)
     rep = build_report(st, exp)
-    if out:
+    if open_browser:
+        path = write(rep, "html", out or os.path.join("reports", "report.html"))
+        click.echo(f"wrote {path}", err=True)
+        _open_in_browser(Path(path))
+    elif out:
         path = write(rep, fmt, out)
         click.echo(f"wrote {path}", err=True)
     else:
         click.echo(render(rep, fmt), nl=False)
+
+
+def _open_in_browser(path: Path) -> None:
+    """Open ``path`` with the user's browser (``webbrowser``: BROWSER, then the desktop's)."""
+    import webbrowser
+
+    url = path.resolve().as_uri()
+    try:
+        opened = webbrowser.open(url)
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        raise RnntuneError(
+            f"no web browser available to open {path}; open that file yourself, or set BROWSER "
+            "to a browser command"
+        )
+    click.echo(f"opened {url}", err=True)
 
 
 # -- status ----------------------------------------------------------------------------------
@@ -501,9 +534,13 @@ def status(storage: str, experiment: str, watch: bool, interval: float) -> None:
 
     st = open_optuna_storage(storage, read_only=True, reader=True)
     exp = find_or_raise_by_name(st.engine, experiment)
+    from rnntune import live as live_mod
+
     while True:
         p = progress_mod.read(st, exp)
         text = progress_mod.table(p)
+        if not p.done:  # the live view's ETA and measured seconds per trial, as `run` shows them
+            text += "\n" + "\n".join(live_mod.block(live_mod.snapshot(st, exp, p)))
         if watch and sys.stdout.isatty():
             click.clear()
         click.echo(text)

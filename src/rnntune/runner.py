@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rnntune import progress as progress_mod
+from rnntune import live as live_mod
 from rnntune.config import Runtime
 from rnntune.exceptions import RnntuneError
 from rnntune.experiment import Experiment, find_or_raise_by_name, mark_finished
@@ -69,8 +69,13 @@ def run_workers(
     data_override: str | None,
     echo: Callable[[str], None],
     poll: float = 2.0,
+    display: live_mod.Display | None = None,
 ) -> None:
-    """Start ``n_workers`` worker processes and print progress until they have all exited."""
+    """Start ``n_workers`` worker processes and show progress until they have all exited.
+
+    ``display``: where the live view goes (default: stdout, redrawn in place on a terminal).
+    """
+    display = display or live_mod.Display(sys.stdout)
     env = dict(os.environ)
     env.setdefault("RNNTUNE_LOG_LEVEL", "WARNING")
     cmd = worker_command(storage_url, exp.name, rt, data_override)
@@ -88,17 +93,19 @@ def run_workers(
                 p.send_signal(signal.SIGTERM)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-    last = ""
     started = time.monotonic()
+
+    def show() -> None:
+        view: live_mod.Live | str
+        try:
+            view = live_mod.snapshot(storage, exp)
+        except Exception as e:  # noqa: BLE001 - progress display must not stop the run
+            view = f"(progress unavailable: {str(e).splitlines()[0]})"
+        display.show(view, time.monotonic() - started)
+
     try:
         while any(p.poll() is None for p in procs):
-            try:
-                line = progress_mod.read(storage, exp).line()
-            except Exception as e:  # noqa: BLE001 - progress display must not stop the run
-                line = f"(progress unavailable: {str(e).splitlines()[0]})"
-            if line != last:
-                echo(f"[{_clock(time.monotonic() - started)}] {line}")
-                last = line
+            show()
             time.sleep(poll)
     finally:
         for s, h in old.items():
@@ -113,7 +120,8 @@ def run_workers(
             f"{sum(1 for c in codes if c)} of {n_workers} worker(s) failed (exit codes {codes}); "
             "see the messages above, fix the cause, and rerun `rnntune run` to continue"
         )
-    echo(f"[{_clock(time.monotonic() - started)}] {progress_mod.read(storage, exp).line()}")
+    show()
+    display.release()
 
 
 def finalize(
@@ -154,7 +162,3 @@ def summary_table(report: dict[str, Any]) -> str:
     rows.append(report["verdict"])
     return "\n".join(rows)
 
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m:02d}:{s:02d}"

@@ -408,3 +408,66 @@ def test_resplit_seed_differs_from_the_fixed_split_and_keeps_digest() -> None:
     assert cfg.split_seed not in {cfg.resplit_seed(r) for r in range(100)}
     assert "resplit" not in cfg.identity()  # experiments from before the option keep their digest
     assert ExperimentConfig(resplit=True).digest() != cfg.digest()
+
+
+# --------------------------------------------------------------------------------------------
+# Through the CLI: options, environment, experiment file, report
+# --------------------------------------------------------------------------------------------
+
+
+def test_cli_ucr_data_with_resplit_from_the_environment(tmp_path: pathlib.Path) -> None:
+    from tests.conftest import rnntune
+
+    write_ucr_tsv(tmp_path, "Toy", 60, 40, 10, ["1", "2", "3"])
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    bad = rnntune(
+        "init", "--storage", url, "--data", "ucr:Toy_TRAIN.tsv", cwd=tmp_path, check=False
+    )
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.splitlines()[-1] == (
+        "Error: ucr:Toy_TRAIN.tsv has 3 classes: 1 (20 in train), 2 (20 in train), 3 (20 in "
+        "train); name the normal class(es) with normal= (e.g. ucr:Toy_TRAIN.tsv,normal=1; "
+        "several: normal=1|2), every other class is abnormal"
+    )
+    assert (
+        not (tmp_path / "study.db").exists()
+        or "default" not in rnntune("report", "--storage", url, cwd=tmp_path, check=False).stdout
+    )  # nothing registered
+
+    rnntune(
+        "init", "--storage", url, "--data", "ucr:Toy_TRAIN.tsv,normal=1|2", cwd=tmp_path,
+        env={"RNNTUNE_RESPLIT": "1"},
+    )  # fmt: skip
+    md = rnntune("report", "--storage", url, cwd=tmp_path).stdout
+    assert "| Classes | Normal = classes 1, 2 (as named by normal=); Abnormal = class 3 |" in md
+    assert "| Split | train and test parts as given by the data file; validation carved" in md
+    assert "re-split per repeat (--resplit)" in md and "may hold sequences that tuning" in md
+    assert "pooled and redrawn" in md
+    # The stored experiment says resplit; resuming without the option keeps it.
+    again = rnntune(
+        "init", "--storage", url, "--data", "ucr:Toy_TRAIN.tsv,normal=1|2", cwd=tmp_path
+    )
+    assert "already registered (unchanged)" in again.stdout
+    changed = rnntune(
+        "init", "--storage", url, "--data", "ucr:Toy_TRAIN.tsv,normal=1|2", "--fixed-split",
+        cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert changed.returncode == 1 and "resplit: True -> False" in changed.stderr
+
+
+def test_cli_resplit_from_the_experiment_file_and_fixed_by_default(tmp_path: pathlib.Path) -> None:
+    from tests.conftest import TINY_DATA, rnntune
+
+    (tmp_path / "exp.toml").write_text('[experiment]\nresplit = true\nname = "r"\n')
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    rnntune("init", "--storage", url, "--data", TINY_DATA, "--config", "exp.toml", cwd=tmp_path)
+    rnntune("init", "--storage", url, "--data", TINY_DATA, "--experiment", "f", cwd=tmp_path)
+    r = rnntune("report", "--storage", url, "--experiment", "r", cwd=tmp_path).stdout
+    f = rnntune("report", "--storage", url, "--experiment", "f", cwd=tmp_path).stdout
+    assert "re-split per repeat" in r and "re-split" not in f
+    assert "fixed split: tuning and every repeat use the split below" in f
+    assert "rnntune's stratified, seeded split 70%/15%/15%" in f
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[experiment]\nresplit = 'sometimes'\n")
+    proc = rnntune("init", "--storage", url, "--config", str(bad), cwd=tmp_path, check=False)
+    assert proc.stderr.splitlines()[-1] == "Error: resplit must be true or false, got 'sometimes'"

@@ -103,12 +103,17 @@ def repeat_splits(cfg: ExperimentConfig, loaded: LoadedData, repeat: int) -> dat
 def split_summary(cfg: ExperimentConfig, splits: data_mod.Splits) -> dict[str, Any]:
     """Where the split came from and the evaluation protocol, as the report states them."""
     if cfg.resplit:
+        pooled = (
+            " The file's own parts are pooled and redrawn with their sizes."
+            if splits.source in (data_mod.SPLIT_GIVEN, data_mod.SPLIT_GIVEN_CARVED)
+            else ""
+        )
         protocol = (
             f"re-split per repeat (--resplit): repeat i trains and tests on split i, drawn "
             f"stratified with seed {cfg.resplit_seed(0)} + i (the same for every family, so "
             "repeats stay paired). Tuning used the fixed split below, so a re-split test part "
             "may hold sequences that tuning trained or validated on; the spread includes the "
-            "luck of the split."
+            f"luck of the split.{pooled}"
         )
     else:
         protocol = (

@@ -161,4 +161,3 @@ def summary_table(report: dict[str, Any]) -> str:
         )
     rows.append(report["verdict"])
     return "\n".join(rows)
-

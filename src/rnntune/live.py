@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from sqlalchemy import select
 
 from rnntune import progress as progress_mod
+from rnntune import state
 from rnntune.storage import EvaluationRunRow, session_scope
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -82,7 +83,10 @@ def snapshot(storage: Any, exp: Any, p: progress_mod.Progress | None = None) -> 
         per_trial = trial_s[fam.family] if trial_s[fam.family] is not None else any_trial
         per_repeat = _mean(repeat_times.get(fam.family, [])) or per_trial
         trials_left = 0 if fam.tuning_done else max(0, fam.budget - fam.counts.finished)
-        no_repeats = fam.tuning_done and fam.best_value is None  # nothing to evaluate
+        # Nothing (more) to evaluate: no best trial, or tuning gave up (until a rerun).
+        no_repeats = (fam.tuning_done and fam.best_value is None) or (
+            fam.tuning_state == state.GAVE_UP
+        )
         repeats_left = (
             0 if no_repeats else max(0, fam.repeats_total - fam.repeats.done - fam.repeats.failed)
         )

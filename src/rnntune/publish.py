@@ -25,6 +25,7 @@ from optuna_dashboard import save_note  # type: ignore[import-untyped]
 from sqlalchemy import select
 
 from rnntune.experiment import Experiment
+from rnntune.faults import failpoint
 from rnntune.report import stats
 from rnntune.storage import (
     EvaluationRunRow,
@@ -83,6 +84,7 @@ def _publish_family(
     """One family's final note and attributes (the caller holds the family's publish lock)."""
     study = load_study(storage, exp.config.study_name(family))
     _upload_new(storage, study, store, files)
+    failpoint("export.after_upload")
     fam = report["families"][family]
     # NaN (a family without a finished repeat) is not JSON: the dashboard would choke on it.
     summary = {

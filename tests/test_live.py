@@ -136,14 +136,15 @@ def test_display_prints_plain_lines_when_not_a_terminal() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_run_in_a_terminal_redraws_the_view_in_place(tmp_path: Path) -> None:
-    """A real `rnntune run` with its stdout on a pseudo-terminal."""
+    """A real `rnntune run` with its stdout on a pseudo-terminal (and --resplit, so that the
+    workers' per-repeat splits run for real too)."""
     master, slave = pty.openpty()
     env = {**os.environ, "RNNTUNE_LOG_LEVEL": "WARNING", "COLUMNS": "100"}
     with (tmp_path / "stderr.txt").open("w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "rnntune", "run", "--storage", f"sqlite:///{tmp_path}/s.db",
              "--data", TINY_DATA, "--trials", "2", "--repeats", "2", "--max-epochs", "1",
-             "--workers", "1", *FAST],
+             "--workers", "1", "--resplit", *FAST],
             cwd=tmp_path, stdout=slave, stderr=err, stdin=subprocess.DEVNULL, env=env,
         )  # fmt: skip
     os.close(slave)
@@ -173,7 +174,8 @@ def test_run_in_a_terminal_redraws_the_view_in_place(tmp_path: Path) -> None:
     assert "s/trial" in screen and "ETA" in screen
     # The last view, drawn after the workers exited: every trial and repeat done.
     assert re.search(r"rnn +2/2 +[0-9.]+ +[0-9.]+ +2/2", screen), screen[-2000:]
-    assert (tmp_path / "reports" / "report.html").exists()
+    # --resplit went through the workers' repeat path too (repeat i on split i).
+    assert "re-split per repeat (--resplit)" in (tmp_path / "reports" / "report.md").read_text()
 
 
 # -- the dashboard during the repeats -------------------------------------------------------------

@@ -115,6 +115,12 @@ def test_display_redraws_in_place_on_a_terminal() -> None:
     second = out.getvalue()[len(first) :]
     # Back up over the 3 lines drawn, clear, redraw: the screen holds one view, not two.
     assert second.startswith("\x1b[3F\x1b[J") and "2/4" in second
+    # A worker's message stays above the view, which is redrawn below it.
+    before = out.getvalue()
+    d.message("worker w1 finished")
+    assert out.getvalue()[len(before) :] == (
+        "\x1b[3F\x1b[Jworker w1 finished\n" + "\n".join(live.block(_fake_view(2), 3)) + "\n"
+    )
     d.release()
     d.show("(progress unavailable: x)", 4)
     assert out.getvalue().endswith("\n(progress unavailable: x)\n")  # below, not over it
@@ -131,6 +137,8 @@ def test_display_prints_plain_lines_when_not_a_terminal() -> None:
         "[01:05] tuning     gru 2/4 (best 0.8000)   ETA ~00:04",
     ]
     assert "\x1b" not in out.getvalue()
+    d.message("worker w1 finished")
+    assert out.getvalue().endswith("ETA ~00:04\nworker w1 finished\n")
 
 
 @pytest.mark.slow
@@ -171,6 +179,8 @@ def test_run_in_a_terminal_redraws_the_view_in_place(tmp_path: Path) -> None:
         os.close(master)
     screen = b"".join(chunks).decode(errors="replace")
     assert "\x1b[J" in screen  # redrawn in place
+    # The workers' own stderr lines were relayed above the view, not drawn over.
+    assert "finished: nothing left to do" in screen
     assert "s/trial" in screen and "ETA" in screen
     # The last view, drawn after the workers exited: every trial and repeat done.
     assert re.search(r"rnn +2/2 +[0-9.]+ +[0-9.]+ +2/2", screen), screen[-2000:]

@@ -9,6 +9,7 @@ changes otherwise (logs, Compose); ``rnntune status`` prints the same block. Rea
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -175,25 +176,39 @@ class Display:
     def __init__(self, stream: TextIO, tty: bool | None = None) -> None:
         self.stream = stream
         self.tty = stream.isatty() if tty is None else tty
-        self._drawn = 0  # lines of the block currently on screen (terminal)
+        self._drawn: list[str] = []  # the block currently on screen (terminal)
         self._last = ""
+        self._lock = threading.Lock()  # messages come from relay threads
 
     def show(self, live: Live | str, elapsed: float) -> None:
         """``live``, or a message (e.g. progress unavailable) in its place."""
-        if self.tty:
-            lines = block(live, elapsed) if isinstance(live, Live) else [live]
-            # Cursor to the start of the block, clear to the end of the screen, redraw.
-            prefix = f"\x1b[{self._drawn}F\x1b[J" if self._drawn else ""
-            self.stream.write(prefix + "\n".join(lines) + "\n")
-            self._drawn = len(lines)
-        else:
-            text = line(live) if isinstance(live, Live) else live
-            if text == self._last:
-                return
-            self._last = text
-            self.stream.write(f"[{clock(elapsed)}] {text}\n")
-        self.stream.flush()
+        with self._lock:
+            if self.tty:
+                lines = block(live, elapsed) if isinstance(live, Live) else [live]
+                self.stream.write(self._erase() + "\n".join(lines) + "\n")
+                self._drawn = lines
+            else:
+                text = line(live) if isinstance(live, Live) else live
+                if text == self._last:
+                    return
+                self._last = text
+                self.stream.write(f"[{clock(elapsed)}] {text}\n")
+            self.stream.flush()
+
+    def message(self, text: str) -> None:
+        """A line that stays (e.g. a worker's warning): above the view, which is redrawn below."""
+        with self._lock:
+            if self.tty and self._drawn:
+                self.stream.write(self._erase() + text + "\n" + "\n".join(self._drawn) + "\n")
+            else:
+                self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def _erase(self) -> str:
+        # Cursor to the start of the block drawn last, clear to the end of the screen.
+        return f"\x1b[{len(self._drawn)}F\x1b[J" if self._drawn else ""
 
     def release(self) -> None:
         """Keep what is on screen; the next output starts below it."""
-        self._drawn = 0
+        with self._lock:
+            self._drawn = []

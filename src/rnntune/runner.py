@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -80,10 +81,22 @@ def run_workers(
     env = dict(os.environ)
     env.setdefault("RNNTUNE_LOG_LEVEL", "WARNING")
     cmd = worker_command(storage_url, exp.name, rt, data_override)
+    # On a terminal the workers' messages go through the display, which prints them above the
+    # view it redraws: written straight to the terminal, they would be drawn over.
+    err = subprocess.PIPE if display.tty else None
     procs = [
-        subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        subprocess.Popen(  # noqa: PLW1509
+            cmd, env=env, preexec_fn=_die_with_parent, stderr=err, text=True, errors="replace"
+        )
         for _ in range(n_workers)
     ]
+    relays = [
+        threading.Thread(target=_relay, args=(p.stderr, display), daemon=True)
+        for p in procs
+        if p.stderr is not None
+    ]
+    for t in relays:
+        t.start()
     stopping = False
 
     def forward(signum: int, _frame: Any) -> None:
@@ -111,6 +124,11 @@ def run_workers(
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        for t in relays:
+            t.join(timeout=5)
+        for p in procs:
+            if p.stderr is not None:
+                p.stderr.close()
     codes = [p.returncode for p in procs]
     if stopping:
         raise RnntuneError(
@@ -123,6 +141,12 @@ def run_workers(
         )
     show()
     display.release()
+
+
+def _relay(stream: Any, display: live_mod.Display) -> None:
+    """Forward a worker's stderr, line by line, to ``display`` (until the worker exits)."""
+    for text in iter(stream.readline, ""):
+        display.message(text.rstrip("\n"))
 
 
 def finalize(

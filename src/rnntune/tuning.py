@@ -34,9 +34,11 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from optuna.exceptions import UpdateFinishedTrialError
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, Trial, TrialState
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from rnntune import state
 from rnntune.config import ExperimentConfig, Runtime
@@ -55,6 +57,14 @@ REASON_ATTR = state.REASON_ATTR
 # User attributes that describe one attempt at a trial (not carried over to its retry).
 ATTEMPT_ATTRS = frozenset(
     {"resumed_from_epoch", "epochs_this_run", "epochs_trained", "best_epoch", "fail_reason"}
+)
+# The database, not the trial, failed: a worker fault wherever it escapes training from.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    StorageError,
+    OperationalError,
+    InterfaceError,
+    StorageInternalError,
+    PoolTimeoutError,
 )
 LIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
@@ -392,7 +402,7 @@ def run_trial(
         raise
     except UpdateFinishedTrialError:
         raise  # taken over by a retry: see the docstring
-    except (OSError, StorageError) as e:
+    except (OSError, *DATABASE_ERRORS) as e:
         # The worker's fault, not the trial's: hand the trial back (best effort: the database
         # may be what is gone; then its heartbeat goes stale and it is retried all the same).
         raise _worker_fault(study, trial, family, runtime, e) from e
@@ -463,7 +473,13 @@ def _worker_fault(
             "then restart this worker"
         )
     else:
-        what = str(e)
+        first = str(getattr(e, "orig", None) or e).strip().splitlines()
+        what = (
+            e.args[0]
+            if isinstance(e, StorageError)
+            else f"lost the study database ({first[0] if first else type(e).__name__}): check "
+            "that it is running and reachable, then restart this worker"
+        )
     try:
         hand_back(study, trial, f"worker fault: {what}"[:500])
         handed = f"{family} trial {trial.number} was handed back"

@@ -73,7 +73,8 @@ def experiment_config_options(f: Callable) -> Callable:
             "--data",
             envvar="RNNTUNE_DATA",
             show_default=d.data,
-            help="synthetic[:n=...,length=...,features=...,seed=...], npz:PATH or csv:PATH.",
+            help="synthetic[:n=...,length=...,features=...,seed=...], npz:PATH, csv:PATH or "
+            "ucr:PATH_TRAIN.tsv|.ts[,normal=A|B] (UCR/UEA archive; see README, Data).",
         ),
         click.option(
             "--trials",
@@ -109,6 +110,14 @@ def experiment_config_options(f: Callable) -> Callable:
             type=click.Choice(config_mod.METRICS),
             show_default=d.objective,
             help="Validation metric tuning maximises.",
+        ),
+        click.option(
+            "--resplit/--fixed-split",
+            "resplit",
+            envvar="RNNTUNE_RESPLIT",
+            default=None,
+            help="Re-split per repeat: repeat i trains and tests on split i (the same for every "
+            "family); its test part may hold sequences tuning saw. [default: fixed split]",
         ),
         click.option(
             "--pruner",
@@ -557,14 +566,21 @@ def evaluate(
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
-    help="Write to this file (Markdown puts its plots beside it) [default: stdout].",
+    help="Write to this file (Markdown puts its plots beside it) [default: stdout; with --open: "
+    "reports/report.html].",
+)
+@click.option(
+    "--open",
+    "open_browser",
+    is_flag=True,
+    help="Write the HTML report and open it in a web browser (BROWSER picks which).",
 )
 @handle_errors
-def report(storage: str, experiment: str, fmt: str, out: str | None) -> None:
+def report(storage: str, experiment: str, fmt: str, out: str | None, open_browser: bool) -> None:
     """Export the report of an experiment, finished or not (an unfinished one says what is
     missing).
 
-    Example: rnntune report --format html --out reports/report.html
+    Example: rnntune report --format html --out reports/report.html; rnntune report --open
     """
     from rnntune.experiment import find_or_raise_by_name
     from rnntune.report import build_report, render, write
@@ -572,15 +588,41 @@ def report(storage: str, experiment: str, fmt: str, out: str | None) -> None:
 
     if out:
         config_mod.check_writable_dir(Path(out).parent, "--out's directory")
+    fmt_given = click.get_current_context().get_parameter_source("fmt")
+    if open_browser and fmt != "html" and fmt_given != click.core.ParameterSource.DEFAULT:
+        raise click.UsageError(
+            f"--open shows the HTML report, not --format {fmt}; drop --format or use html"
+        )
     st = open_optuna_storage(storage, read_only=True, reader=True)
     check_schema(st.engine)  # an Optuna database without rnntune's tables: say so
     exp = find_or_raise_by_name(st.engine, experiment)
     rep = build_report(st, exp)
-    if out:
+    if open_browser:
+        path = write(rep, "html", out or os.path.join("reports", "report.html"))
+        click.echo(f"wrote {path}", err=True)
+        _open_in_browser(Path(path))
+    elif out:
         path = write(rep, fmt, out)
         click.echo(f"wrote {path}", err=True)
     else:
         click.echo(render(rep, fmt), nl=False)
+
+
+def _open_in_browser(path: Path) -> None:
+    """Open ``path`` with the user's browser (``webbrowser``: BROWSER, then the desktop's)."""
+    import webbrowser
+
+    url = path.resolve().as_uri()
+    try:
+        opened = webbrowser.open(url)
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        raise RnntuneError(
+            f"no web browser available to open {path}; open that file yourself, or set BROWSER "
+            "to a browser command"
+        )
+    click.echo(f"opened {url}", err=True)
 
 
 # -- status ----------------------------------------------------------------------------------
@@ -608,9 +650,13 @@ def status(storage: str, experiment: str, watch: bool, interval: float) -> None:
     st = open_optuna_storage(storage, read_only=True, reader=True)
     check_schema(st.engine)  # an Optuna database without rnntune's tables: say so
     exp = find_or_raise_by_name(st.engine, experiment)
+    from rnntune import live as live_mod
+
     while True:
         p = progress_mod.read(st, exp)
         text = progress_mod.table(p)
+        if not p.done:  # the live view's ETA and measured seconds per trial, as `run` shows them
+            text += "\n" + "\n".join(live_mod.block(live_mod.snapshot(st, exp, p)))
         if watch and sys.stdout.isatty():
             click.clear()
         click.echo(text)

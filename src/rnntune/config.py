@@ -80,6 +80,9 @@ class ExperimentConfig:
     tpe_startup_trials: int = 4
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    # False: one fixed split (tuning and every repeat). True: repeat i tests on split i
+    # (--resplit, the original study's protocol); tuning keeps the fixed split.
+    resplit: bool = False
 
     # -- derived -------------------------------------------------------------------------
     @property
@@ -89,6 +92,11 @@ class ExperimentConfig:
     def repeat_seed(self, repeat: int) -> int:
         """Repeat *i* has the same seed in every family, so the repeats are paired."""
         return self.seed * 1000 + 100 + repeat
+
+    def resplit_seed(self, repeat: int) -> int:
+        """With ``resplit``, repeat *i* draws split *i* with this seed: the same in every family,
+        so the repeats stay paired, and never the fixed split's seed."""
+        return self.seed * 1000 + 900_000 + repeat
 
     def trial_seed(self, original_trial_number: int) -> int:
         """A trial's training seed; a retry keeps its original trial's seed (and checkpoint)."""
@@ -107,6 +115,8 @@ class ExperimentConfig:
         """What must match for two runs to be the same experiment (the name is the key)."""
         d = self.to_dict()
         d.pop("name")
+        if not d["resplit"]:  # the default: experiments registered before the option keep
+            d.pop("resplit")  # their digest
         return d
 
     def digest(self) -> str:
@@ -132,6 +142,7 @@ OPTION_TYPES: dict[str, type] = {
     "seed": int,
     "objective": str,
     "tpe_startup_trials": int,
+    "resplit": bool,
 }
 
 
@@ -239,6 +250,15 @@ def _coerce(key: str, value: Any) -> Any:
     """CLI and env values arrive as their declared type; file values may be anything TOML has.
     A bool is not an integer and 10.9 is not 10: both are refused rather than converted."""
     typ = OPTION_TYPES[key]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
     if typ is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

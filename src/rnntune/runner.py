@@ -9,12 +9,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rnntune import progress as progress_mod
+from rnntune import live as live_mod
 from rnntune.config import Runtime
 from rnntune.exceptions import RnntuneError
 from rnntune.experiment import Experiment, find_or_raise_by_name, mark_finished
@@ -83,14 +84,31 @@ def run_workers(
     data_override: str | None,
     echo: Callable[[str], None],
     poll: float = 2.0,
+    display: live_mod.Display | None = None,
 ) -> None:
-    """Start ``n_workers`` worker processes and print progress until they have all exited."""
+    """Start ``n_workers`` worker processes and show progress until they have all exited.
+
+    ``display``: where the live view goes (default: stdout, redrawn in place on a terminal).
+    """
+    display = display or live_mod.Display(sys.stdout)
     env = worker_env(storage_url)
     cmd = worker_command(exp.name, rt, data_override)
+    # On a terminal the workers' messages go through the display, which prints them above the
+    # view it redraws: written straight to the terminal, they would be drawn over.
+    err = subprocess.PIPE if display.tty else None
     procs = [
-        subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        subprocess.Popen(  # noqa: PLW1509
+            cmd, env=env, preexec_fn=_die_with_parent, stderr=err, text=True, errors="replace"
+        )
         for _ in range(n_workers)
     ]
+    relays = [
+        threading.Thread(target=_relay, args=(p.stderr, display), daemon=True)
+        for p in procs
+        if p.stderr is not None
+    ]
+    for t in relays:
+        t.start()
     stopping = False
 
     def forward(signum: int, _frame: Any) -> None:
@@ -101,21 +119,28 @@ def run_workers(
                 p.send_signal(signal.SIGTERM)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-    last = ""
     started = time.monotonic()
+
+    def show() -> None:
+        view: live_mod.Live | str
+        try:
+            view = live_mod.snapshot(storage, exp)
+        except Exception as e:  # noqa: BLE001 - progress display must not stop the run
+            view = f"(progress unavailable: {str(e).splitlines()[0]})"
+        display.show(view, time.monotonic() - started)
+
     try:
         while any(p.poll() is None for p in procs):
-            try:
-                line = progress_mod.read(storage, exp).line()
-            except Exception as e:  # noqa: BLE001 - progress display must not stop the run
-                line = f"(progress unavailable: {str(e).splitlines()[0]})"
-            if line != last:
-                echo(f"[{_clock(time.monotonic() - started)}] {line}")
-                last = line
+            show()
             time.sleep(poll)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        for t in relays:
+            t.join(timeout=5)
+        for p in procs:
+            if p.stderr is not None:
+                p.stderr.close()
     codes = [p.returncode for p in procs]
     if stopping:
         raise RnntuneError(
@@ -126,7 +151,14 @@ def run_workers(
             f"{sum(1 for c in codes if c)} of {n_workers} worker(s) failed (exit codes {codes}); "
             "see the messages above, fix the cause, and rerun `rnntune run` to continue"
         )
-    echo(f"[{_clock(time.monotonic() - started)}] {progress_mod.read(storage, exp).line()}")
+    show()
+    display.release()
+
+
+def _relay(stream: Any, display: live_mod.Display) -> None:
+    """Forward a worker's stderr, line by line, to ``display`` (until the worker exits)."""
+    for text in iter(stream.readline, ""):
+        display.message(text.rstrip("\n"))
 
 
 def finalize(
@@ -166,8 +198,3 @@ def summary_table(report: dict[str, Any]) -> str:
         )
     rows.append(report["verdict"])
     return "\n".join(rows)
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m:02d}:{s:02d}"

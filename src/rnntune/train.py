@@ -23,7 +23,7 @@ import os
 import pathlib
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -52,6 +52,7 @@ __all__ = [
     "make_optimizer",
     "train_epoch",
     "fit",
+    "fit_ensemble",
     "predict_proba",
     "score",
     "classification_metrics",
@@ -279,14 +280,7 @@ def fit(
     optimizer = make_optimizer(model, train_config.learning_rate)
     shuffle = torch.Generator().manual_seed(train_config.seed)
 
-    meta = {
-        "format": _CHECKPOINT_FORMAT,
-        "model_config": asdict(model_config),
-        # The device is where, not what, a run trains: a trial checkpointed on a GPU worker
-        # may be resumed on a CPU worker (exact bit-identity holds on one device only).
-        "train_config": {k: v for k, v in asdict(train_config).items() if k != "device"},
-        "data": _data_signature(X_train, y_train, X_val, y_val) if checkpoint_path else "",
-    }
+    meta = _meta(model_config, train_config, (X_train, y_train, X_val, y_val), checkpoint_path)
     progress = _Progress()
     if checkpoint_path is not None and checkpoint_path.exists():
         restored = _restore(checkpoint_path, meta, model, optimizer, shuffle, device)
@@ -317,14 +311,7 @@ def fit(
             )
         val_metric = score(tc.metric, y_val, proba)
 
-        progress.epoch = epoch
-        if val_metric > progress.best_metric:  # NaN never counts as an improvement
-            progress.best_metric, progress.best_epoch, progress.bad_epochs = val_metric, epoch, 0
-            progress.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            progress.bad_epochs += 1
-        # Keras semantics: stop after `patience` epochs without improvement (0 acts as 1).
-        progress.stopped_early = progress.bad_epochs >= max(tc.patience, 1)
+        _record_epoch(progress, epoch, val_metric, tc, lambda: _detached(model.state_dict()))
         result = EpochResult(epoch, train_loss, val_metric, time.perf_counter() - t0)
         progress.history.append(result)
         epochs_this_run.append(epoch)
@@ -355,6 +342,324 @@ def fit(
         stopped_early=progress.stopped_early,
         train_seconds=time.perf_counter() - started,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Repeats trained as one ensemble
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Member:
+    """One member of :func:`fit_ensemble`: what a solo :func:`fit` would hold for it."""
+
+    index: int
+    config: TrainConfig
+    path: pathlib.Path | None
+    meta: dict[str, Any]
+    shuffle: torch.Generator
+    torch_rng: torch.Tensor  # the global RNG state a solo run would checkpoint
+    progress: _Progress
+    resumed_from: int
+    state: dict[str, torch.Tensor]  # current weights (while not stacked)
+    adam: list[tuple[float, torch.Tensor, torch.Tensor]]  # per parameter: step, m, v
+    seconds: float = 0.0
+    epochs_this_run: list[int] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.progress.stopped_early or self.progress.epoch >= self.config.max_epochs
+
+
+_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, as make_optimizer uses
+
+
+def _adam_step(
+    params: list[torch.Tensor],
+    grads: tuple[torch.Tensor, ...],
+    m: list[torch.Tensor],
+    v: list[torch.Tensor],
+    steps: torch.Tensor,
+    lr: float,
+) -> None:
+    """Adam on stacked ``(k, ...)`` parameters with one step count per member (members resumed
+    from different epochs differ): torch's fused Adam formula, member by member."""
+    steps += 1
+    bc1 = 1 - _BETA1**steps  # float64 (k,)
+    bc2_sqrt = (1 - _BETA2**steps).sqrt()
+    step_size = (lr / bc1).to(params[0].dtype)
+    bc2_sqrt = bc2_sqrt.to(params[0].dtype)
+    with torch.no_grad():
+        for p, g, m_, v_ in zip(params, grads, m, v, strict=True):
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            m_.lerp_(g, 1 - _BETA1)
+            v_.mul_(_BETA2).addcmul_(g, g, value=1 - _BETA2)
+            denom = (v_.sqrt() / bc2_sqrt.view(shape)).add_(_EPS)
+            p.sub_(step_size.view(shape) * m_ / denom)
+
+
+def fit_ensemble(
+    model_config: ModelConfig,
+    train_configs: list[TrainConfig],
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    checkpoint_paths: list[pathlib.Path | None] | None = None,
+    on_epoch: Callable[[list[tuple[int, EpochResult]]], None] | None = None,
+    on_member_done: Callable[[int, FitResult], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[FitResult]:
+    """Train k models that differ only in their seed as one: what :func:`fit` gives for each
+    ``train_configs[i]``, within fp32 rounding, at little more than the cost of one.
+
+    Each member has the initial weights its seed gives alone, its own batch order, its own Adam
+    state and its own early stopping: a member that stops keeps its best weights and leaves
+    the ensemble (the others go on, faster). Each member's checkpoint is the one ``fit`` would
+    write for it, at the same path: a member resumes here or alone, from either's checkpoint,
+    and members resumed from different epochs train on together.
+
+    ``on_epoch`` gets ``[(member, EpochResult), ...]`` after every member's checkpoint of that
+    epoch is on disk; ``on_member_done(i, result)`` as soon as member ``i`` has finished (the
+    others may still be training); both may raise, which propagates. The result's
+    ``train_seconds`` is the member's share of the wall time (epochs are shared evenly among
+    the members training in them), so the members' sum is the time spent.
+    """
+    from rnntune import ensemble
+
+    started = time.perf_counter()
+    if not train_configs:
+        raise ConfigError("fit_ensemble needs at least one train config")
+    base = train_configs[0]
+    for tc in train_configs[1:]:
+        if replace(tc, seed=base.seed) != base:
+            raise ConfigError(
+                "members of an ensemble must differ only in their seed; "
+                f"got {base} and {tc}"
+            )
+    if not ensemble.supports(model_config):
+        raise ConfigError(
+            f"{model_config.cell} with dropout between layers cannot be trained as an ensemble "
+            "(dropout masks come from torch's global random stream); train the repeats one by one"
+        )
+    paths = list(checkpoint_paths) if checkpoint_paths is not None else [None] * len(train_configs)
+    if len(paths) != len(train_configs):
+        raise ConfigError("give one checkpoint path (or None) per member")
+    device = resolve_device(base.device)
+    _check_arrays(model_config, X_train, y_train, X_val, y_val)
+    X_train, X_val = (np.ascontiguousarray(a, dtype=np.float32) for a in (X_train, X_val))
+    y_train, y_val = (np.ascontiguousarray(a, dtype=np.int64) for a in (y_train, y_val))
+    X_t, y_t = torch.as_tensor(X_train, device=device), torch.as_tensor(y_train, device=device)
+    X_v = torch.as_tensor(X_val, device=device)
+    arrays = (X_train, y_train, X_val, y_val)
+    names = ensemble.param_names(model_config)
+
+    # Each member starts exactly as fit would: seeded, built, maybe restored from its checkpoint.
+    members: list[_Member] = []
+    for i, (tc, path) in enumerate(zip(train_configs, paths, strict=True)):
+        path = pathlib.Path(path) if path is not None else None
+        torch.manual_seed(tc.seed)
+        if device.type == "cuda":
+            torch.cuda.manual_seed_all(tc.seed)
+        model = RecurrentClassifier(model_config).to(device)
+        if [n for n, _ in model.named_parameters()] != names:
+            raise ConfigError(
+                "the model's parameters are not the ones the ensemble stacks "
+                f"({[n for n, _ in model.named_parameters()]}); train the repeats one by one"
+            )
+        optimizer = make_optimizer(model, tc.learning_rate)
+        shuffle = torch.Generator().manual_seed(tc.seed)
+        meta = _meta(model_config, tc, arrays, path)
+        progress = _Progress()
+        if path is not None and path.exists():
+            restored = _restore(path, meta, model, optimizer, shuffle, device)
+            if restored is not None:
+                progress = restored
+                logger.info("resuming %s after epoch %d", path, progress.epoch)
+        adam = []
+        for p in model.parameters():
+            st = optimizer.state.get(p)
+            if st:
+                adam.append((float(st["step"]), st["exp_avg"].detach(), st["exp_avg_sq"].detach()))
+            else:
+                adam.append((0.0, torch.zeros_like(p), torch.zeros_like(p)))
+        members.append(
+            _Member(
+                index=i,
+                config=tc,
+                path=path,
+                meta=meta,
+                shuffle=shuffle,
+                torch_rng=torch.get_rng_state(),
+                progress=progress,
+                resumed_from=progress.epoch,
+                state=_detached(model.state_dict()),
+                adam=adam,
+            )
+        )
+    solo = RecurrentClassifier(model_config).to(device)  # to write checkpoints and results
+    solo_optimizer = make_optimizer(solo, base.learning_rate)
+    results: list[FitResult | None] = [None] * len(members)
+
+    def finish(member: _Member) -> None:
+        model = RecurrentClassifier(model_config).to(device)
+        pr = member.progress
+        model.load_state_dict(pr.best_state if pr.best_state is not None else member.state)
+        results[member.index] = result = FitResult(
+            model=model,
+            best_val_metric=pr.best_metric if pr.best_state is not None else math.nan,
+            best_epoch=pr.best_epoch,
+            epochs_trained=pr.epoch,
+            resumed_from_epoch=member.resumed_from,
+            epochs_this_run=list(member.epochs_this_run),
+            history=list(pr.history),
+            stopped_early=pr.stopped_early,
+            train_seconds=member.seconds,
+        )
+        if on_member_done is not None:
+            on_member_done(member.index, result)
+
+    def save(member: _Member) -> None:
+        solo.load_state_dict(member.state)
+        for p, (step, m, v) in zip(solo.parameters(), member.adam, strict=True):
+            solo_optimizer.state[p] = {
+                "step": torch.tensor(step, dtype=torch.float32, device=device),
+                "exp_avg": m,
+                "exp_avg_sq": v,
+            }
+        assert member.path is not None
+        _save(
+            member.path,
+            member.meta,
+            solo,
+            solo_optimizer,
+            member.shuffle,
+            member.progress,
+            device,
+            torch_rng=member.torch_rng,
+        )
+
+    for member in members:
+        if member.finished:
+            finish(member)
+    active = [m for m in members if not m.finished]
+    n, bs, lr = X_t.shape[0], base.batch_size, base.learning_rate
+    while active:
+        # Stack the members still training: parameters, Adam moments, step counts.
+        params = [
+            torch.stack([m.state[name] for m in active]).requires_grad_() for name in names
+        ]
+        exp_avg = [torch.stack([m.adam[j][1] for m in active]) for j in range(len(names))]
+        exp_avg_sq = [torch.stack([m.adam[j][2] for m in active]) for j in range(len(names))]
+        steps = torch.tensor([m.adam[0][0] for m in active], dtype=torch.float64)
+        while True:
+            t0 = time.perf_counter()
+            perm = torch.stack([torch.randperm(n, generator=m.shuffle) for m in active])
+            perm = perm.to(device, non_blocking=True)  # (k, N): each member its own order
+            total = torch.zeros(len(active), dtype=torch.float32, device=device)
+            for start in range(0, n, bs):
+                if should_stop is not None and should_stop():
+                    raise Interrupted(
+                        "training was asked to stop; the last finished epoch's checkpoints "
+                        "are kept, run again to resume"
+                    )
+                idx = perm[:, start : start + bs]  # (k, b)
+                losses = ensemble.member_losses(
+                    ensemble.logits(model_config, params, X_t[idx]), y_t[idx]
+                )
+                grads = torch.autograd.grad(losses.sum(), params)
+                _adam_step(params, grads, exp_avg, exp_avg_sq, steps, lr)
+                total.add_(losses.detach(), alpha=idx.shape[1])
+            train_losses = (total / n).tolist()
+            with torch.inference_mode():
+                proba = torch.cat(
+                    [
+                        torch.softmax(ensemble.logits(model_config, params, xb), dim=-1)[..., 1]
+                        for xb in X_v.split(_EVAL_BATCH)
+                    ],
+                    dim=1,
+                ).cpu().numpy()  # (k, N_val)
+            seconds = (time.perf_counter() - t0) / len(active)
+            epoch_results = []
+            for j, m in enumerate(active):
+                epoch = m.progress.epoch + 1
+                if not math.isfinite(train_losses[j]):
+                    raise TrainingError(
+                        f"training loss became {train_losses[j]} in epoch {epoch} "
+                        f"(learning_rate={lr:g}, seed {m.config.seed}); lower the learning "
+                        "rate or check the data scale"
+                    )
+                if not np.isfinite(proba[j]).all():
+                    raise TrainingError(
+                        f"the model outputs NaN/inf after epoch {epoch} (learning_rate={lr:g}, "
+                        f"seed {m.config.seed}); lower the learning rate"
+                    )
+                val_metric = score(base.metric, y_val, proba[j])
+                m.state = {name: p[j].detach().clone() for name, p in zip(names, params)}
+                m.adam = [
+                    (float(steps[j]), a[j].clone(), b[j].clone())
+                    for a, b in zip(exp_avg, exp_avg_sq, strict=True)
+                ]
+                _record_epoch(m.progress, epoch, val_metric, base, lambda m=m: dict(m.state))
+                result = EpochResult(epoch, train_losses[j], val_metric, seconds)
+                m.progress.history.append(result)
+                m.epochs_this_run.append(epoch)
+                m.seconds += seconds
+                epoch_results.append((m.index, result))
+            for m in active:
+                if m.path is not None:
+                    save(m)
+            if on_epoch is not None:
+                on_epoch(epoch_results)
+            done = [m for m in active if m.finished]
+            if done:
+                for m in done:
+                    finish(m)
+                active = [m for m in active if not m.finished]
+                break  # restack the members left (if any)
+    logger.debug("ensemble of %d trained in %.1fs", len(members), time.perf_counter() - started)
+    return [r for r in results if r is not None]
+
+
+def _detached(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def _record_epoch(
+    progress: _Progress,
+    epoch: int,
+    val_metric: float,
+    tc: TrainConfig,
+    best_state: Callable[[], dict[str, torch.Tensor]],
+) -> None:
+    """The early-stopping rule, one epoch at a time (``fit`` and each member of
+    ``fit_ensemble``): keep the best epoch's weights, stop after ``patience`` epochs in a row
+    without improvement (Keras semantics; 0 acts as 1)."""
+    progress.epoch = epoch
+    if val_metric > progress.best_metric:  # NaN never counts as an improvement
+        progress.best_metric, progress.best_epoch, progress.bad_epochs = val_metric, epoch, 0
+        progress.best_state = best_state()
+    else:
+        progress.bad_epochs += 1
+    progress.stopped_early = progress.bad_epochs >= max(tc.patience, 1)
+
+
+def _meta(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    arrays: tuple[np.ndarray, ...],
+    checkpoint_path: pathlib.Path | None,
+) -> dict[str, Any]:
+    """What a checkpoint must have been made by to be resumed from."""
+    return {
+        "format": _CHECKPOINT_FORMAT,
+        "model_config": asdict(model_config),
+        # The device is where, not what, a run trains: a trial checkpointed on a GPU worker
+        # may be resumed on a CPU worker (exact bit-identity holds on one device only).
+        "train_config": {k: v for k, v in asdict(train_config).items() if k != "device"},
+        "data": _data_signature(*arrays) if checkpoint_path else "",
+    }
 
 
 def _check_arrays(config: ModelConfig, X_train: Any, y_train: Any, X_val: Any, y_val: Any) -> None:
@@ -398,6 +703,7 @@ def _save(
     shuffle: torch.Generator,
     progress: _Progress,
     device: torch.device,
+    torch_rng: torch.Tensor | None = None,
 ) -> None:
     """Write the checkpoint to a temporary file and rename it over the old one: a kill at
     any moment leaves either the previous epoch's checkpoint or this one, never half a file."""
@@ -408,7 +714,7 @@ def _save(
         "optimizer": optimizer.state_dict(),
         "rng": {
             "shuffle": shuffle.get_state(),
-            "torch": torch.get_rng_state(),
+            "torch": torch.get_rng_state() if torch_rng is None else torch_rng,
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         },
         "best": {

@@ -66,38 +66,47 @@ def logits(config: ModelConfig, params: Sequence[torch.Tensor], x: torch.Tensor)
     ``x``: ``(k, B, T, F)`` (each member its own batch) or ``(B, T, F)`` (one batch for all,
     e.g. the validation split).
     """
-    cell = config.cell
-    # Time-major: (T, k, B, F) or (T, 1, B, F); each step then reads one contiguous slice.
-    seq = x.permute(2, 0, 1, 3) if x.dim() == 4 else x.transpose(0, 1).unsqueeze(1)
+    # Feature-major and time-major inside: (T, k, F, B). Every step then reads one contiguous
+    # (k, G*H, B) slice whose gates are contiguous blocks, so the elementwise gate math runs on
+    # long contiguous runs instead of strided H-wide rows.
+    seq = x.permute(2, 0, 3, 1) if x.dim() == 4 else x.permute(1, 2, 0).unsqueeze(1)
     h = seq
     for layer in range(config.num_layers):
         w_ih, w_hh, b_ih, b_hh = params[4 * layer : 4 * layer + 4]
-        # The input projection of every step in one product: (T, k, B, G*H).
-        proj = torch.matmul(seq, w_ih.transpose(1, 2))
         last = layer == config.num_layers - 1
-        if cell == "gru":
+        # The input projection of every step in one product: (T, k, G*H, B).
+        proj = torch.matmul(w_ih, seq)
+        if config.cell == "gru":
             # b_hh's candidate part sits inside r * (W_hn h + b_hn), so it stays per step.
-            gx = (proj + b_ih[:, None, :]).contiguous()
+            gx = (proj + b_ih[:, :, None]).contiguous()
             seq, h = _GRU.apply(gx, w_hh, b_hh, not last)
         else:
-            gx = (proj + (b_ih + b_hh)[:, None, :]).contiguous()
-            seq, h = (_LSTM if cell == "lstm" else _RNN).apply(gx, w_hh, not last)
+            gx = (proj + (b_ih + b_hh)[:, :, None]).contiguous()
+            seq, h = (_LSTM if config.cell == "lstm" else _RNN).apply(gx, w_hh, not last)
     w_head, b_head = params[-2], params[-1]
-    return torch.baddbmm(b_head[:, None, :], h, w_head.transpose(1, 2))  # (k, B, C)
+    # h: (k, H, B) -> (k, B, C)
+    return torch.baddbmm(b_head[:, None, :], h.transpose(1, 2), w_head.transpose(1, 2))
 
 
 # The recurrences, with a hand-written backward through time: the forward loop runs without
-# building a graph and the backward is one loop of fused in-place updates, each step a handful
-# of operations on (k, B, G*H) tensors. Gate order and formulas are torch's (nn.RNN/GRU/LSTM).
-# Each returns (all hidden states (T, k, B, H) or an empty tensor, last hidden state (k, B, H)).
+# building a graph and the backward is one loop of in-place updates, each step a handful of
+# operations on (k, G*H, B) tensors. Gate order and formulas are torch's (nn.RNN/GRU/LSTM).
+# Input: the input projections gx (T, k, G*H, B) and W_hh (k, G*H, H); output: every hidden
+# state (T, k, H, B) when the next layer needs them (else an empty tensor), and the last
+# hidden state (k, H, B).
 
 
-def _weight_grad(h_prev: torch.Tensor, dgates: torch.Tensor) -> torch.Tensor:
-    """sum over t, b of dgates^T h_prev: (T, k, B, G), (T, k, B, H) -> (k, G, H), one bmm."""
-    T, k, B, G = dgates.shape
-    dg = dgates.permute(1, 3, 0, 2).reshape(k, G, T * B)
-    hp = h_prev.permute(1, 0, 2, 3).reshape(k, T * B, -1)
+def _weight_grad(dgates: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
+    """sum over t, b of dgates h_prev^T: (T, k, G, B), (T, k, H, B) -> (k, G, H), one bmm."""
+    T, k, G, B = dgates.shape
+    dg = dgates.permute(1, 2, 0, 3).reshape(k, G, T * B)
+    hp = h_prev.permute(1, 0, 3, 2).reshape(k, T * B, -1)
     return torch.bmm(dg, hp)
+
+
+def _bias_grad(dgates: torch.Tensor) -> torch.Tensor:
+    """sum over t, b: (T, k, G, B) -> (k, G)."""
+    return dgates.sum(3).sum(0)
 
 
 def _previous(hs: torch.Tensor) -> torch.Tensor:
@@ -105,15 +114,18 @@ def _previous(hs: torch.Tensor) -> torch.Tensor:
     return torch.cat([hs.new_zeros((1, *hs.shape[1:])), hs[:-1]])
 
 
+def _add_output_grad(dh: torch.Tensor, grad_hs: torch.Tensor | None, t: int) -> torch.Tensor:
+    return dh + grad_hs[t] if grad_hs is not None and grad_hs.numel() else dh
+
+
 class _RNN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gx, w_hh, keep_all):  # type: ignore[override]
-        T, k, B, H = gx.shape
-        w_hh_t = w_hh.transpose(1, 2)
-        hs = gx.new_empty(T, k, B, H)
-        h = gx.new_zeros(k, B, H)
+        T, k, H, B = gx.shape
+        hs = gx.new_empty(T, k, H, B)
+        h = gx.new_zeros(k, H, B)
         for t in range(T):
-            h = torch.baddbmm(gx[t], h, w_hh_t, out=hs[t]).tanh_()
+            h = torch.baddbmm(gx[t], w_hh, h, out=hs[t]).tanh_()
         ctx.save_for_backward(hs, w_hh)
         ctx.set_materialize_grads(False)
         return (hs if keep_all else hs.new_empty(0)), h.clone()
@@ -121,91 +133,88 @@ class _RNN(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_hs, grad_h):  # type: ignore[override]
         hs, w_hh = ctx.saved_tensors
-        T, k, B, H = hs.shape
+        T, k, H, B = hs.shape
+        w_hh_t = w_hh.transpose(1, 2)
         dgx = torch.empty_like(hs)
-        dh = grad_h.clone() if grad_h is not None else hs.new_zeros(k, B, H)
+        ones = hs.new_ones(k, H, B)
+        dh = grad_h if grad_h is not None else hs.new_zeros(k, H, B)
         for t in range(T - 1, -1, -1):
-            if grad_hs is not None and grad_hs.numel():
-                dh += grad_hs[t]
+            dh = _add_output_grad(dh, grad_hs, t)
             h = hs[t]
-            d = torch.mul(dh, torch.addcmul(torch.ones_like(h), h, h, value=-1), out=dgx[t])
-            dh = torch.bmm(d, w_hh)
-        return dgx, _weight_grad(_previous(hs), dgx), None
+            d = torch.mul(dh, torch.addcmul(ones, h, h, value=-1), out=dgx[t])
+            dh = torch.bmm(w_hh_t, d)
+        return dgx, _weight_grad(dgx, _previous(hs)), None
 
 
 class _GRU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gx, w_hh, b_hh, keep_all):  # type: ignore[override]
-        T, k, B, G = gx.shape
+        T, k, G, B = gx.shape
         H = G // 3
-        w_hh_t = w_hh.transpose(1, 2)
-        bias = b_hh[:, None, :]
-        hs = gx.new_empty(T, k, B, H)
-        rz_all = gx.new_empty(T, k, B, 2 * H)
-        n_all = gx.new_empty(T, k, B, H)
-        ghn_all = gx.new_empty(T, k, B, H)
-        h = gx.new_zeros(k, B, H)
+        bias = b_hh[:, :, None]
+        hs = gx.new_empty(T, k, H, B)
+        rz_all = gx.new_empty(T, k, 2 * H, B)
+        n_all = gx.new_empty(T, k, H, B)
+        gh_all = gx.new_empty(T, k, G, B)
+        h = gx.new_zeros(k, H, B)
         for t in range(T):
-            gh = torch.baddbmm(bias, h, w_hh_t)  # (k, B, 3H)
-            rz = torch.add(gx[t, ..., : 2 * H], gh[..., : 2 * H], out=rz_all[t]).sigmoid_()
-            ghn = ghn_all[t].copy_(gh[..., 2 * H :])
-            n = torch.addcmul(gx[t, ..., 2 * H :], rz[..., :H], ghn, out=n_all[t]).tanh_()
-            h = torch.lerp(n, h, rz[..., H:], out=hs[t])  # (1 - z) * n + z * h
-        ctx.save_for_backward(hs, rz_all, n_all, ghn_all, w_hh)
+            gh = torch.baddbmm(bias, w_hh, h, out=gh_all[t])  # (k, 3H, B)
+            rz = torch.add(gx[t, :, : 2 * H], gh[:, : 2 * H], out=rz_all[t]).sigmoid_()
+            n = torch.addcmul(gx[t, :, 2 * H :], rz[:, :H], gh[:, 2 * H :], out=n_all[t])
+            n.tanh_()
+            h = torch.lerp(n, h, rz[:, H:], out=hs[t])  # (1 - z) * n + z * h
+        ctx.save_for_backward(hs, rz_all, n_all, gh_all, w_hh)
         ctx.set_materialize_grads(False)
         return (hs if keep_all else hs.new_empty(0)), h.clone()
 
     @staticmethod
     def backward(ctx, grad_hs, grad_h):  # type: ignore[override]
-        hs, rz_all, n_all, ghn_all, w_hh = ctx.saved_tensors
-        T, k, B, H = hs.shape
-        dgx = hs.new_empty(T, k, B, 3 * H)
-        dgh = hs.new_empty(T, k, B, 3 * H)
+        hs, rz_all, n_all, gh_all, w_hh = ctx.saved_tensors
+        T, k, H, B = hs.shape
+        w_hh_t = w_hh.transpose(1, 2)
+        dgh_all = hs.new_empty(T, k, 3 * H, B)  # d(W_hh h + b_hh)
+        dpre_n_all = hs.new_empty(T, k, H, B)  # d(candidate pre-activation) = its gx grad
         h_prev = _previous(hs)
-        dh = grad_h.clone() if grad_h is not None else hs.new_zeros(k, B, H)
+        ones = hs.new_ones(k, H, B)
+        dh = grad_h if grad_h is not None else hs.new_zeros(k, H, B)
         for t in range(T - 1, -1, -1):
-            if grad_hs is not None and grad_hs.numel():
-                dh += grad_hs[t]
-            rz, n, ghn = rz_all[t], n_all[t], ghn_all[t]
-            r, z = rz[..., :H], rz[..., H:]
-            drz_act = torch.addcmul(rz, rz, rz, value=-1)  # sigmoid': s (1 - s)
-            d = dgx[t]
-            # n: d pre_n = dh (1 - z) (1 - n^2)
+            dh = _add_output_grad(dh, grad_hs, t)
+            rz, n, ghn = rz_all[t], n_all[t], gh_all[t, :, 2 * H :]
+            r, z = rz[:, :H], rz[:, H:]
+            drz = torch.addcmul(rz, rz, rz, value=-1)  # sigmoid': s (1 - s)
+            d = dgh_all[t]
+            # candidate: dh (1 - z) (1 - n^2)
             dpre_n = torch.mul(
                 torch.addcmul(dh, dh, z, value=-1),
-                torch.addcmul(torch.ones_like(n), n, n, value=-1),
-                out=d[..., 2 * H :],
+                torch.addcmul(ones, n, n, value=-1),
+                out=dpre_n_all[t],
             )
-            # z: dh (h_prev - n) z (1 - z);  r: dpre_n * ghn * r (1 - r)
-            torch.mul(dh * (h_prev[t] - n), drz_act[..., H:], out=d[..., H : 2 * H])
-            torch.mul(dpre_n * ghn, drz_act[..., :H], out=d[..., :H])
-            g = dgh[t]
-            g[..., : 2 * H].copy_(d[..., : 2 * H])
-            torch.mul(dpre_n, r, out=g[..., 2 * H :])
-            dh = torch.baddbmm(dh * z, g, w_hh)
-        return dgx, _weight_grad(h_prev, dgh), dgh.sum((0, 2)), None
+            torch.mul(dh * (h_prev[t] - n), drz[:, H:], out=d[:, H : 2 * H])  # z
+            torch.mul(dpre_n * ghn, drz[:, :H], out=d[:, :H])  # r
+            torch.mul(dpre_n, r, out=d[:, 2 * H :])
+            dh = torch.baddbmm(dh * z, w_hh_t, d)
+        dgx = torch.cat([dgh_all[:, :, : 2 * H], dpre_n_all], dim=2)
+        return dgx, _weight_grad(dgh_all, h_prev), _bias_grad(dgh_all), None
 
 
 class _LSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gx, w_hh, keep_all):  # type: ignore[override]
-        T, k, B, G = gx.shape
+        T, k, G, B = gx.shape
         H = G // 4
-        w_hh_t = w_hh.transpose(1, 2)
-        hs = gx.new_empty(T, k, B, H)
-        act_all = gx.new_empty(T, k, B, G)  # i, f, g, o after their activations
-        c_all = gx.new_empty(T, k, B, H)
-        tc_all = gx.new_empty(T, k, B, H)
-        h = gx.new_zeros(k, B, H)
-        c = gx.new_zeros(k, B, H)
+        hs = gx.new_empty(T, k, H, B)
+        act_all = gx.new_empty(T, k, G, B)  # i, f, g, o after their activations
+        c_all = gx.new_empty(T, k, H, B)
+        tc_all = gx.new_empty(T, k, H, B)
+        h = gx.new_zeros(k, H, B)
+        c = gx.new_zeros(k, H, B)
         for t in range(T):
-            a = torch.baddbmm(gx[t], h, w_hh_t, out=act_all[t])
-            a[..., : 2 * H].sigmoid_()
-            a[..., 2 * H : 3 * H].tanh_()
-            a[..., 3 * H :].sigmoid_()
-            c = torch.addcmul(a[..., H : 2 * H] * c, a[..., :H], a[..., 2 * H : 3 * H], out=c_all[t])
-            tc = torch.tanh(c, out=tc_all[t])
-            h = torch.mul(a[..., 3 * H :], tc, out=hs[t])
+            a = torch.baddbmm(gx[t], w_hh, h, out=act_all[t])
+            a[:, : 2 * H].sigmoid_()
+            a[:, 2 * H : 3 * H].tanh_()
+            a[:, 3 * H :].sigmoid_()
+            c = torch.addcmul(a[:, H : 2 * H] * c, a[:, :H], a[:, 2 * H : 3 * H], out=c_all[t])
+            h = torch.mul(a[:, 3 * H :], torch.tanh(c, out=tc_all[t]), out=hs[t])
         ctx.save_for_backward(hs, act_all, c_all, tc_all, w_hh)
         ctx.set_materialize_grads(False)
         return (hs if keep_all else hs.new_empty(0)), h.clone()
@@ -213,28 +222,29 @@ class _LSTM(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_hs, grad_h):  # type: ignore[override]
         hs, act_all, c_all, tc_all, w_hh = ctx.saved_tensors
-        T, k, B, H = hs.shape
-        dgx = hs.new_empty(T, k, B, 4 * H)
-        c_prev_all = _previous(c_all)
-        dh = grad_h.clone() if grad_h is not None else hs.new_zeros(k, B, H)
-        dc = hs.new_zeros(k, B, H)
-        dact = hs.new_empty(k, B, 4 * H)
+        T, k, H, B = hs.shape
+        w_hh_t = w_hh.transpose(1, 2)
+        dgx = hs.new_empty(T, k, 4 * H, B)
+        c_prev = _previous(c_all)
+        ones = hs.new_ones(k, H, B)
+        dh = grad_h if grad_h is not None else hs.new_zeros(k, H, B)
+        dc = hs.new_zeros(k, H, B)
+        dact = hs.new_empty(k, 4 * H, B)
         for t in range(T - 1, -1, -1):
-            if grad_hs is not None and grad_hs.numel():
-                dh += grad_hs[t]
+            dh = _add_output_grad(dh, grad_hs, t)
             a, tc = act_all[t], tc_all[t]
-            i, f, g, o = a[..., :H], a[..., H : 2 * H], a[..., 2 * H : 3 * H], a[..., 3 * H :]
+            i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
             deriv = torch.addcmul(a, a, a, value=-1)  # s (1 - s) for i, f, o
-            torch.addcmul(torch.ones_like(g), g, g, value=-1, out=deriv[..., 2 * H : 3 * H])
-            dc = torch.addcmul(dc, dh, o * torch.addcmul(torch.ones_like(tc), tc, tc, value=-1))
-            torch.mul(dc, g, out=dact[..., :H])
-            torch.mul(dc, c_prev_all[t], out=dact[..., H : 2 * H])
-            torch.mul(dc, i, out=dact[..., 2 * H : 3 * H])
-            torch.mul(dh, tc, out=dact[..., 3 * H :])
+            torch.addcmul(ones, g, g, value=-1, out=deriv[:, 2 * H : 3 * H])  # tanh'
+            dc = torch.addcmul(dc, dh, o * torch.addcmul(ones, tc, tc, value=-1))
+            torch.mul(dc, g, out=dact[:, :H])
+            torch.mul(dc, c_prev[t], out=dact[:, H : 2 * H])
+            torch.mul(dc, i, out=dact[:, 2 * H : 3 * H])
+            torch.mul(dh, tc, out=dact[:, 3 * H :])
             dg = torch.mul(dact, deriv, out=dgx[t])
             dc = dc * f
-            dh = torch.bmm(dg, w_hh)
-        return dgx, _weight_grad(_previous(hs), dgx), None
+            dh = torch.bmm(w_hh_t, dg)
+        return dgx, _weight_grad(dgx, _previous(hs)), None
 
 
 def member_losses(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -123,20 +123,29 @@ def test_killed_group_resumes_member_by_member(
 
     with pytest.raises(_StopAfter):
         fit_ensemble(
-            config, configs, X_train, y_train, X_val, y_val,
-            checkpoint_paths=paths, on_epoch=die_after(2),
+            config,
+            configs,
+            X_train,
+            y_train,
+            X_val,
+            y_val,
+            checkpoint_paths=paths,
+            on_epoch=die_after(2),
         )
     assert all(p.exists() for p in paths)
     # Member 0 goes on alone for one more epoch and dies: the members are now at epochs 3, 2, 2.
     with pytest.raises(_StopAfter):
         fit(
-            config, configs[0], X_train, y_train, X_val, y_val,
+            config,
+            configs[0],
+            X_train,
+            y_train,
+            X_val,
+            y_val,
             checkpoint_path=paths[0],
             on_epoch=lambda r: (_ for _ in ()).throw(_StopAfter()) if r.epoch >= 3 else None,
         )
-    resumed = fit_ensemble(
-        config, configs, X_train, y_train, X_val, y_val, checkpoint_paths=paths
-    )
+    resumed = fit_ensemble(config, configs, X_train, y_train, X_val, y_val, checkpoint_paths=paths)
     assert [m.resumed_from_epoch for m in resumed] == [3, 2, 2]
     for member, tc in zip(resumed, configs, strict=True):
         solo = fit(config, tc, X_train, y_train, X_val, y_val)
@@ -150,7 +159,12 @@ def test_should_stop_interrupts_between_batches(small: tuple[np.ndarray, ...]) -
     X_train, y_train, X_val, y_val, _ = small
     with pytest.raises(Interrupted):
         fit_ensemble(
-            ModelConfig("rnn", 3, 4), _configs([0, 1]), X_train, y_train, X_val, y_val,
+            ModelConfig("rnn", 3, 4),
+            _configs([0, 1]),
+            X_train,
+            y_train,
+            X_val,
+            y_val,
             should_stop=lambda: True,
         )
 

@@ -251,4 +251,8 @@ def member_losses(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Each member's mean cross-entropy ``(k,)`` for logits ``(k, B, C)`` and labels ``(k, B)``;
     their sum has, for each member's parameters, exactly that member's gradient."""
     k, B, C = out.shape
-    return F.cross_entropy(out.reshape(k * B, C), y.reshape(k * B), reduction="none").view(k, B).mean(1)
+    return (
+        F.cross_entropy(out.reshape(k * B, C), y.reshape(k * B), reduction="none")
+        .view(k, B)
+        .mean(1)
+    )

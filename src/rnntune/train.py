@@ -435,8 +435,7 @@ def fit_ensemble(
     for tc in train_configs[1:]:
         if replace(tc, seed=base.seed) != base:
             raise ConfigError(
-                "members of an ensemble must differ only in their seed; "
-                f"got {base} and {tc}"
+                f"members of an ensemble must differ only in their seed; got {base} and {tc}"
             )
     if not ensemble.supports(model_config):
         raise ConfigError(
@@ -547,9 +546,7 @@ def fit_ensemble(
     n, bs, lr = X_t.shape[0], base.batch_size, base.learning_rate
     while active:
         # Stack the members still training: parameters, Adam moments, step counts.
-        params = [
-            torch.stack([m.state[name] for m in active]).requires_grad_() for name in names
-        ]
+        params = [torch.stack([m.state[name] for m in active]).requires_grad_() for name in names]
         exp_avg = [torch.stack([m.adam[j][1] for m in active]) for j in range(len(names))]
         exp_avg_sq = [torch.stack([m.adam[j][2] for m in active]) for j in range(len(names))]
         steps = torch.tensor([m.adam[0][0] for m in active], dtype=torch.float64)
@@ -573,13 +570,17 @@ def fit_ensemble(
                 total.add_(losses.detach(), alpha=idx.shape[1])
             train_losses = (total / n).tolist()
             with torch.inference_mode():
-                proba = torch.cat(
-                    [
-                        torch.softmax(ensemble.logits(model_config, params, xb), dim=-1)[..., 1]
-                        for xb in X_v.split(_EVAL_BATCH)
-                    ],
-                    dim=1,
-                ).cpu().numpy()  # (k, N_val)
+                proba = (
+                    torch.cat(
+                        [
+                            torch.softmax(ensemble.logits(model_config, params, xb), dim=-1)[..., 1]
+                            for xb in X_v.split(_EVAL_BATCH)
+                        ],
+                        dim=1,
+                    )
+                    .cpu()
+                    .numpy()
+                )  # (k, N_val)
             seconds = (time.perf_counter() - t0) / len(active)
             epoch_results = []
             for j, m in enumerate(active):
@@ -596,7 +597,9 @@ def fit_ensemble(
                         f"seed {m.config.seed}); lower the learning rate"
                     )
                 val_metric = score(base.metric, y_val, proba[j])
-                m.state = {name: p[j].detach().clone() for name, p in zip(names, params)}
+                m.state = {
+                    name: p[j].detach().clone() for name, p in zip(names, params, strict=False)
+                }
                 m.adam = [
                     (float(steps[j]), a[j].clone(), b[j].clone())
                     for a, b in zip(exp_avg, exp_avg_sq, strict=True)

@@ -42,11 +42,12 @@ ACTIONS = ("kill", "term", "db-error", "sleep", "error")
 POINTS: dict[str, str] = {
     # init: schema, experiment row, studies
     "init.after_migrate": "rnntune's schema upgraded; the experiment is not registered yet",
-    "init.after_experiment": "the experiment row is written; its studies are not all created yet",
+    "init.after_studies": "the family studies are created; the experiment row is not written yet",
     # claiming a trial (under the family lock)
     "claim.after_stale_fail": "a stale trial is FAIL; its retry is not enqueued yet",
-    "claim.after_ask": "a trial is RUNNING (new or a popped retry); not yet owned or heartbeated",
-    "claim.after_tag": "the trial is owned and heartbeated; the lock is not released yet",
+    "claim.after_ask": "a trial is RUNNING (new or a popped retry); not yet heartbeated or owned",
+    "claim.after_heartbeat": "the claimed trial has its first heartbeat; it is not owned yet",
+    "claim.after_tag": "the trial is heartbeated and owned; the lock is not released yet",
     # training a trial
     "trial.after_checkpoint": "an epoch's checkpoint is on disk; the epoch is not reported yet",
     "trial.after_report": "the epoch is reported; the pruning decision is not made yet",

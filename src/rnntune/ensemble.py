@@ -25,7 +25,16 @@ import torch.nn.functional as F
 
 from rnntune.models import ModelConfig
 
-__all__ = ["GATES", "supports", "param_names", "stack", "unstack", "logits", "member_losses"]
+__all__ = [
+    "GATES",
+    "supports",
+    "group_size",
+    "param_names",
+    "stack",
+    "unstack",
+    "logits",
+    "member_losses",
+]
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
@@ -35,6 +44,22 @@ def supports(config: ModelConfig) -> bool:
     training each alone. Dropout between stacked layers draws its masks from torch's global
     random stream, which a batched run cannot reproduce member by member."""
     return config.cell in GATES and (config.num_layers == 1 or config.dropout == 0.0)
+
+
+def group_size(config: ModelConfig, device: str) -> int:
+    """How many members to train as one on ``device``; 1 means one after another.
+
+    Measured on one CPU thread (``benchmarks/evaluation_speed.py``, T=140, B=32): 10 GRU or
+    RNN members cost about as much as 2-3 trained one by one (torch runs both as a per-step loop
+    of small operations, which batching over members amortises), while torch's LSTM is one fused
+    oneDNN kernel on CPU that beats the batched loop member for member. On a GPU every family
+    is latency-bound at these sizes, so all batch.
+    """
+    if not supports(config):
+        return 1
+    if str(device).startswith("cuda"):
+        return 10
+    return 1 if config.cell == "lstm" else 10
 
 
 def param_names(config: ModelConfig) -> list[str]:

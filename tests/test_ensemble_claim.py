@@ -200,40 +200,19 @@ def test_a_killed_group_is_reclaimed_and_resumed_each_repeat_once(
     assert "result dropped" not in resumed.stderr
     if "checkpoint" in point:
         assert resumed.stderr.count("after epoch 2") == 4, resumed.stderr[-3000:]
-    # The same experiment undisturbed gives the same results, repeat by repeat.
-    clean = ["--storage", f"sqlite:///{tmp_path / 'clean.db'}", "--experiment", "g"]
-    rnntune(
-        "init",
-        *clean,
-        "--config",
-        str(tmp_path / "exp.toml"),
-        "--data",
-        TINY_DATA,
-        "--trials",
-        "1",
-        "--repeats",
-        "4",
-        "--max-epochs",
-        "4",
-        "--pruner",
-        "none",
-        cwd=tmp_path,
-    )
-    rnntune(
-        "worker",
-        *clean,
-        "--artifacts",
-        str(tmp_path / "art2"),
-        "--threads",
-        "1",
-        "--device",
-        "cpu",
-        cwd=tmp_path,
-    )
-    st2 = open_optuna_storage(f"sqlite:///{tmp_path / 'clean.db'}")
-    rows2 = state.eval_runs(st2.engine, find_or_raise_by_name(st2.engine, "g"))
-    for a, b in zip(rows, rows2, strict=True):
-        assert a.epochs_trained == b.epochs_trained
-        assert a.metrics["accuracy"] == b.metrics["accuracy"]
-        assert a.metrics["macro_f1"] == b.metrics["macro_f1"]
-        assert a.metrics["roc_auc"] == pytest.approx(b.metrics["roc_auc"], abs=1e-3)
+    # Each result is its repeat's trained alone, undisturbed (same params and seed).
+    from rnntune.experiment import load_data
+    from rnntune.train import classification_metrics, fit, predict_proba
+    from rnntune.tuning import model_and_train_config
+
+    splits = load_data(exp.config, None).splits
+    for r in rows:
+        model_cfg, train_cfg = model_and_train_config(
+            "gru", r.params, exp.config, splits.X_train.shape[2], r.seed, "cpu"
+        )
+        solo = fit(model_cfg, train_cfg, *splits.fit_parts())
+        m = classification_metrics(splits.y_test, predict_proba(solo.model, splits.X_test))
+        assert r.epochs_trained == solo.epochs_trained
+        assert r.metrics["accuracy"] == m["accuracy"]
+        assert r.metrics["macro_f1"] == m["macro_f1"]
+        assert r.metrics["roc_auc"] == pytest.approx(m["roc_auc"], abs=1e-3)

@@ -40,6 +40,7 @@ from sklearn.metrics import (
 
 from rnntune.exceptions import ConfigError, DataError, Interrupted, TrainingError
 from rnntune.models import ModelConfig, RecurrentClassifier
+from rnntune.stopping import MIN_DELTA, EarlyStopping
 
 __all__ = [
     "METRICS",
@@ -61,7 +62,8 @@ logger = logging.getLogger(__name__)
 
 METRICS = ("macro_f1", "weighted_f1", "accuracy", "roc_auc")
 TARGET_NAMES = ("Normal", "Abnormal")
-_CHECKPOINT_FORMAT = 1
+# 2: the early-stopping state is an EarlyStopping's state_dict, and epochs record val_loss.
+_CHECKPOINT_FORMAT = 2
 _EVAL_BATCH = 4096
 
 
@@ -74,8 +76,9 @@ _EVAL_BATCH = 4096
 class TrainConfig:
     """How to train; validated on construction (the device is checked by :func:`fit`).
 
-    ``patience``: stop after this many epochs in a row without a better validation metric
-    (0 behaves as 1). ``seed`` fixes the initial weights, the batch order and dropout.
+    ``patience`` and ``min_delta``: the early-stopping rule of :mod:`rnntune.stopping` (the
+    patience used is at least a quarter of ``max_epochs``). ``seed`` fixes the initial
+    weights, the batch order and dropout.
     """
 
     learning_rate: float
@@ -85,6 +88,7 @@ class TrainConfig:
     seed: int = 0
     metric: str = "macro_f1"
     device: str = "cpu"
+    min_delta: float = MIN_DELTA
 
     def __post_init__(self) -> None:
         if not (isinstance(self.learning_rate, int | float) and 0 < self.learning_rate < math.inf):
@@ -97,16 +101,19 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.metric not in METRICS:
             raise ConfigError(f"unknown metric {self.metric!r}; use one of {', '.join(METRICS)}")
+        if not (isinstance(self.min_delta, int | float) and 0 <= self.min_delta < math.inf):
+            raise ConfigError(f"min_delta must be a finite number >= 0, got {self.min_delta!r}")
 
 
 @dataclass(frozen=True)
 class EpochResult:
-    """One finished epoch (``epoch`` is 1-based)."""
+    """One finished epoch (``epoch`` is 1-based); ``val_loss`` is the validation cross-entropy."""
 
     epoch: int
     train_loss: float
     val_metric: float
     seconds: float
+    val_loss: float = math.nan
 
 
 @dataclass
@@ -233,13 +240,15 @@ def train_epoch(
 class _Progress:
     """Everything besides weights, optimizer and RNG that a resumed run must restore."""
 
+    stopper: EarlyStopping
     epoch: int = 0
-    best_metric: float = -math.inf
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
-    bad_epochs: int = 0
-    stopped_early: bool = False
     history: list[EpochResult] = field(default_factory=list)
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.stopper.stopped
 
 
 def fit(
@@ -254,7 +263,8 @@ def fit(
     on_epoch: Callable[[EpochResult], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> FitResult:
-    """Train with early stopping on the validation metric (higher is better).
+    """Train with early stopping (:mod:`rnntune.stopping`); keep the best validation metric's
+    weights (higher is better).
 
     With ``checkpoint_path``, every finished epoch is checkpointed atomically *before*
     ``on_epoch`` is called (which may raise, e.g. ``optuna.TrialPruned``: it propagates), and
@@ -269,6 +279,7 @@ def fit(
     # Moved once; every epoch then gathers and slices on the device.
     X_t, y_t = torch.as_tensor(X_train, device=device), torch.as_tensor(y_train, device=device)
     X_v = torch.as_tensor(X_val, device=device)
+    y_v = torch.as_tensor(y_val, device=device)
     if checkpoint_path is not None:
         checkpoint_path = pathlib.Path(checkpoint_path)
 
@@ -287,7 +298,8 @@ def fit(
         "train_config": {k: v for k, v in asdict(train_config).items() if k != "device"},
         "data": _data_signature(X_train, y_train, X_val, y_val) if checkpoint_path else "",
     }
-    progress = _Progress()
+    tc = train_config
+    progress = _Progress(EarlyStopping.for_budget(tc.patience, tc.max_epochs, tc.min_delta))
     if checkpoint_path is not None and checkpoint_path.exists():
         restored = _restore(checkpoint_path, meta, model, optimizer, shuffle, device)
         if restored is not None:
@@ -296,7 +308,6 @@ def fit(
     resumed_from = progress.epoch
 
     epochs_this_run: list[int] = []
-    tc = train_config
     while progress.epoch < tc.max_epochs and not progress.stopped_early:
         epoch = progress.epoch + 1
         t0 = time.perf_counter()
@@ -309,7 +320,8 @@ def fit(
                 f"(learning_rate={tc.learning_rate:g}); lower the learning rate or check the "
                 "data scale"
             )
-        proba = _predict_tensor(model, X_v).cpu().numpy()
+        proba_t, val_loss_t = _validate(model, X_v, y_v)
+        proba, val_loss = proba_t.cpu().numpy(), float(val_loss_t)
         if not np.isfinite(proba).all():
             raise TrainingError(
                 f"the model outputs NaN/inf after epoch {epoch} "
@@ -318,21 +330,19 @@ def fit(
         val_metric = score(tc.metric, y_val, proba)
 
         progress.epoch = epoch
-        if val_metric > progress.best_metric:  # NaN never counts as an improvement
-            progress.best_metric, progress.best_epoch, progress.bad_epochs = val_metric, epoch, 0
+        predicted = len(np.unique(proba >= 0.5))  # 1: still on the majority-class plateau
+        if progress.stopper.update(val_loss, val_metric, predicted).improved:
+            progress.best_epoch = epoch
             progress.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            progress.bad_epochs += 1
-        # Keras semantics: stop after `patience` epochs without improvement (0 acts as 1).
-        progress.stopped_early = progress.bad_epochs >= max(tc.patience, 1)
-        result = EpochResult(epoch, train_loss, val_metric, time.perf_counter() - t0)
+        result = EpochResult(epoch, train_loss, val_metric, time.perf_counter() - t0, val_loss)
         progress.history.append(result)
         epochs_this_run.append(epoch)
         logger.debug(
-            "epoch %d/%d loss %.4f val %s %.4f (%.2fs)",
+            "epoch %d/%d loss %.4f val loss %.4f %s %.4f (%.2fs)",
             epoch,
             tc.max_epochs,
             train_loss,
+            val_loss,
             tc.metric,
             val_metric,
             result.seconds,
@@ -346,7 +356,9 @@ def fit(
         model.load_state_dict(progress.best_state)
     return FitResult(
         model=model,
-        best_val_metric=progress.best_metric if progress.best_state is not None else math.nan,
+        best_val_metric=(
+            progress.stopper.best_metric if progress.best_state is not None else math.nan
+        ),
         best_epoch=progress.best_epoch,
         epochs_trained=progress.epoch,
         resumed_from_epoch=resumed_from,
@@ -411,13 +423,8 @@ def _save(
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         },
-        "best": {
-            "metric": progress.best_metric,
-            "epoch": progress.best_epoch,
-            "state": progress.best_state,
-            "bad_epochs": progress.bad_epochs,
-        },
-        "stopped_early": progress.stopped_early,
+        "best": {"epoch": progress.best_epoch, "state": progress.best_state},
+        "stopper": progress.stopper.state_dict(),
         "history": [asdict(r) for r in progress.history],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -463,12 +470,10 @@ def _restore(
         torch.cuda.set_rng_state(state["rng"]["cuda"], device)
     best = state["best"]
     return _Progress(
+        stopper=EarlyStopping.from_state_dict(state["stopper"]),
         epoch=state["epoch"],
-        best_metric=best["metric"],
         best_epoch=best["epoch"],
         best_state=({k: v.to(device) for k, v in best["state"].items()} if best["state"] else None),
-        bad_epochs=best["bad_epochs"],
-        stopped_early=state["stopped_early"],
         history=[EpochResult(**r) for r in state["history"]],
     )
 
@@ -476,6 +481,21 @@ def _restore(
 # --------------------------------------------------------------------------------------------
 # Prediction and metrics
 # --------------------------------------------------------------------------------------------
+
+
+def _validate(
+    model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = _EVAL_BATCH
+):
+    """P(abnormal) ``(N,)`` and the mean cross-entropy (0-dim) on ``X``/``y``, without syncing."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits = torch.cat([model(xb) for xb in X.split(batch_size)])
+            loss = F.cross_entropy(logits.float(), y)
+            return torch.softmax(logits, dim=-1)[:, 1], loss
+    finally:
+        model.train(was_training)
 
 
 def _predict_tensor(model: torch.nn.Module, X: torch.Tensor, batch_size: int = _EVAL_BATCH):

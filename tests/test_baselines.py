@@ -17,6 +17,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from rnntune.baselines import reference_points
 from rnntune.data import load_dataset, split_dataset
+from rnntune.report.html import to_html
 from rnntune.report.plots import plot_pngs
 from rnntune.report.render import to_markdown
 from rnntune.report.stats import compare_families, reference_verdict, verdict
@@ -128,6 +129,8 @@ def test_a_report_at_chance_says_so() -> None:
     assert "| ref. | 1-NN (Euclidean) (baseline) | 0.6650 |" in md
     assert "| ref. | Majority class (Normal) (baseline) |" in md
     assert "### Reference points" in md
+    html = to_html(report)
+    assert "Reference points</h3>" in html and "1-NN (Euclidean) (baseline)" in html
 
 
 def test_a_report_that_beats_the_references_says_so() -> None:

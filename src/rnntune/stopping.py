@@ -48,8 +48,8 @@ def describe(patience: int, max_epochs: int, metric: str, min_delta: float = MIN
     """The rule as data and as one sentence (stored in the report, shown in every format)."""
     eff = effective_patience(patience, max_epochs)
     text = (
-        f"stop after {eff} epochs in a row without progress (max(--patience {patience}, "
-        f"ceil({max_epochs} max epochs / 4))); progress is a validation cross-entropy more "
+        f"stop after {eff} epochs in a row without progress (max(patience {patience}, "
+        f"ceil(max_epochs {max_epochs} / 4))); progress is a validation cross-entropy more "
         f"than {min_delta:g} below its best, or a validation {metric} above its best; epochs "
         "in which the model predicts a single class for every validation sequence (the "
         f"majority-class plateau) never count; the weights kept are the best {metric}'s "

@@ -56,10 +56,11 @@ MODELS = [
     ModelConfig("lstm", 3, 8),
     ModelConfig("gru", 3, 6, num_layers=2),
     ModelConfig("lstm", 3, 6, num_layers=2),
+    ModelConfig("rnn", 3, 6, readout="mean"),
 ]
 
 
-@pytest.mark.parametrize("model_config", MODELS, ids=lambda c: f"{c.cell}-{c.num_layers}")
+@pytest.mark.parametrize("model_config", MODELS, ids=lambda c: f"{c.cell}-{c.num_layers}-{c.readout}")
 def test_each_member_equals_its_repeat_trained_alone(
     small: tuple[np.ndarray, ...], model_config: ModelConfig
 ) -> None:
@@ -181,10 +182,11 @@ def test_members_must_differ_only_in_seed(small: tuple[np.ndarray, ...]) -> None
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-def test_hand_written_backward_gradcheck(cell: str) -> None:
+@pytest.mark.parametrize("readout", ["last", "mean"])
+def test_hand_written_backward_gradcheck(cell: str, readout: str) -> None:
     """float64 gradcheck of the batched recurrences (two layers: also the gradient that flows
     into every hidden state, not only the last)."""
-    config = ModelConfig(cell, 2, 3, num_layers=2)
+    config = ModelConfig(cell, 2, 3, num_layers=2, readout=readout)
     gen = torch.Generator().manual_seed(0)
     states = [RecurrentClassifier(config).double().state_dict() for _ in range(2)]
     params = [p.requires_grad_() for p in ensemble.stack(config, states)]

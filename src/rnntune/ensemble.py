@@ -98,7 +98,8 @@ def logits(config: ModelConfig, params: Sequence[torch.Tensor], x: torch.Tensor)
     h = seq
     for layer in range(config.num_layers):
         w_ih, w_hh, b_ih, b_hh = params[4 * layer : 4 * layer + 4]
-        last = layer == config.num_layers - 1
+        # The head reads the last step, or the mean over time of every step's hidden state.
+        last = layer == config.num_layers - 1 and config.readout == "last"
         # The input projection of every step in one product: (T, k, G*H, B).
         proj = torch.matmul(w_ih, seq)
         if config.cell == "gru":
@@ -108,6 +109,8 @@ def logits(config: ModelConfig, params: Sequence[torch.Tensor], x: torch.Tensor)
         else:
             gx = (proj + (b_ih + b_hh)[:, :, None]).contiguous()
             seq, h = (_LSTM if config.cell == "lstm" else _RNN).apply(gx, w_hh, not last)
+    if config.readout == "mean":
+        h = seq.mean(0)  # (T, k, H, B) -> (k, H, B)
     w_head, b_head = params[-2], params[-1]
     # h: (k, H, B) -> (k, B, C)
     return torch.baddbmm(b_head[:, None, :], h.transpose(1, 2), w_head.transpose(1, 2))

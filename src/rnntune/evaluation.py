@@ -419,7 +419,12 @@ def _tested(result: FitResult, splits: Any, device: str) -> dict[str, Any]:
         "classification_report": report_text,
         "epochs_trained": result.epochs_trained,
         "epochs_history": [
-            {"epoch": h.epoch, "train_loss": h.train_loss, "val_metric": h.val_metric}
+            {
+                "epoch": h.epoch,
+                "train_loss": h.train_loss,
+                "val_metric": h.val_metric,
+                "val_loss": h.val_loss,
+            }
             for h in result.history
         ],
         "train_seconds": round(result.train_seconds, 3),

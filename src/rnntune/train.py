@@ -40,6 +40,7 @@ from sklearn.metrics import (
 
 from rnntune.exceptions import ConfigError, DataError, Interrupted, TrainingError
 from rnntune.models import ModelConfig, RecurrentClassifier
+from rnntune.stopping import MIN_DELTA, EarlyStopping
 
 __all__ = [
     "METRICS",
@@ -62,7 +63,8 @@ logger = logging.getLogger(__name__)
 
 METRICS = ("macro_f1", "weighted_f1", "accuracy", "roc_auc")
 TARGET_NAMES = ("Normal", "Abnormal")
-_CHECKPOINT_FORMAT = 1
+# 2: the early-stopping state is an EarlyStopping's state_dict, and epochs record val_loss.
+_CHECKPOINT_FORMAT = 2
 _EVAL_BATCH = 4096
 
 
@@ -75,8 +77,9 @@ _EVAL_BATCH = 4096
 class TrainConfig:
     """How to train; validated on construction (the device is checked by :func:`fit`).
 
-    ``patience``: stop after this many epochs in a row without a better validation metric
-    (0 behaves as 1). ``seed`` fixes the initial weights, the batch order and dropout.
+    ``patience`` and ``min_delta``: the early-stopping rule of :mod:`rnntune.stopping` (the
+    patience used is at least a quarter of ``max_epochs``). ``seed`` fixes the initial
+    weights, the batch order and dropout.
     """
 
     learning_rate: float
@@ -86,6 +89,7 @@ class TrainConfig:
     seed: int = 0
     metric: str = "macro_f1"
     device: str = "cpu"
+    min_delta: float = MIN_DELTA
 
     def __post_init__(self) -> None:
         if not (isinstance(self.learning_rate, int | float) and 0 < self.learning_rate < math.inf):
@@ -98,16 +102,19 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.metric not in METRICS:
             raise ConfigError(f"unknown metric {self.metric!r}; use one of {', '.join(METRICS)}")
+        if not (isinstance(self.min_delta, int | float) and 0 <= self.min_delta < math.inf):
+            raise ConfigError(f"min_delta must be a finite number >= 0, got {self.min_delta!r}")
 
 
 @dataclass(frozen=True)
 class EpochResult:
-    """One finished epoch (``epoch`` is 1-based)."""
+    """One finished epoch (``epoch`` is 1-based); ``val_loss`` is the validation cross-entropy."""
 
     epoch: int
     train_loss: float
     val_metric: float
     seconds: float
+    val_loss: float = math.nan
 
 
 @dataclass
@@ -234,13 +241,15 @@ def train_epoch(
 class _Progress:
     """Everything besides weights, optimizer and RNG that a resumed run must restore."""
 
+    stopper: EarlyStopping
     epoch: int = 0
-    best_metric: float = -math.inf
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
-    bad_epochs: int = 0
-    stopped_early: bool = False
     history: list[EpochResult] = field(default_factory=list)
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.stopper.stopped
 
 
 def fit(
@@ -255,7 +264,8 @@ def fit(
     on_epoch: Callable[[EpochResult], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> FitResult:
-    """Train with early stopping on the validation metric (higher is better).
+    """Train with early stopping (:mod:`rnntune.stopping`); keep the best validation metric's
+    weights (higher is better).
 
     With ``checkpoint_path``, every finished epoch is checkpointed atomically *before*
     ``on_epoch`` is called (which may raise, e.g. ``optuna.TrialPruned``: it propagates), and
@@ -270,6 +280,7 @@ def fit(
     # Moved once; every epoch then gathers and slices on the device.
     X_t, y_t = torch.as_tensor(X_train, device=device), torch.as_tensor(y_train, device=device)
     X_v = torch.as_tensor(X_val, device=device)
+    y_v = torch.as_tensor(y_val, device=device)
     if checkpoint_path is not None:
         checkpoint_path = pathlib.Path(checkpoint_path)
 
@@ -281,7 +292,8 @@ def fit(
     shuffle = torch.Generator().manual_seed(train_config.seed)
 
     meta = _meta(model_config, train_config, (X_train, y_train, X_val, y_val), checkpoint_path)
-    progress = _Progress()
+    tc = train_config
+    progress = _Progress(_stopper(tc))
     if checkpoint_path is not None and checkpoint_path.exists():
         restored = _restore(checkpoint_path, meta, model, optimizer, shuffle, device)
         if restored is not None:
@@ -290,7 +302,6 @@ def fit(
     resumed_from = progress.epoch
 
     epochs_this_run: list[int] = []
-    tc = train_config
     while progress.epoch < tc.max_epochs and not progress.stopped_early:
         epoch = progress.epoch + 1
         t0 = time.perf_counter()
@@ -303,7 +314,8 @@ def fit(
                 f"(learning_rate={tc.learning_rate:g}); lower the learning rate or check the "
                 "data scale"
             )
-        proba = _predict_tensor(model, X_v).cpu().numpy()
+        proba_t, val_loss_t = _validate(model, X_v, y_v)
+        proba, val_loss = proba_t.cpu().numpy(), float(val_loss_t)
         if not np.isfinite(proba).all():
             raise TrainingError(
                 f"the model outputs NaN/inf after epoch {epoch} "
@@ -311,15 +323,18 @@ def fit(
             )
         val_metric = score(tc.metric, y_val, proba)
 
-        _record_epoch(progress, epoch, val_metric, tc, lambda: _detached(model.state_dict()))
-        result = EpochResult(epoch, train_loss, val_metric, time.perf_counter() - t0)
+        _record_epoch(
+            progress, epoch, val_loss, val_metric, proba, lambda: _detached(model.state_dict())
+        )
+        result = EpochResult(epoch, train_loss, val_metric, time.perf_counter() - t0, val_loss)
         progress.history.append(result)
         epochs_this_run.append(epoch)
         logger.debug(
-            "epoch %d/%d loss %.4f val %s %.4f (%.2fs)",
+            "epoch %d/%d loss %.4f val loss %.4f %s %.4f (%.2fs)",
             epoch,
             tc.max_epochs,
             train_loss,
+            val_loss,
             tc.metric,
             val_metric,
             result.seconds,
@@ -333,7 +348,9 @@ def fit(
         model.load_state_dict(progress.best_state)
     return FitResult(
         model=model,
-        best_val_metric=progress.best_metric if progress.best_state is not None else math.nan,
+        best_val_metric=(
+            progress.stopper.best_metric if progress.best_state is not None else math.nan
+        ),
         best_epoch=progress.best_epoch,
         epochs_trained=progress.epoch,
         resumed_from_epoch=resumed_from,
@@ -450,7 +467,7 @@ def fit_ensemble(
     X_train, X_val = (np.ascontiguousarray(a, dtype=np.float32) for a in (X_train, X_val))
     y_train, y_val = (np.ascontiguousarray(a, dtype=np.int64) for a in (y_train, y_val))
     X_t, y_t = torch.as_tensor(X_train, device=device), torch.as_tensor(y_train, device=device)
-    X_v = torch.as_tensor(X_val, device=device)
+    X_v, y_v = torch.as_tensor(X_val, device=device), torch.as_tensor(y_val, device=device)
     arrays = (X_train, y_train, X_val, y_val)
     names = ensemble.param_names(model_config)
 
@@ -470,7 +487,7 @@ def fit_ensemble(
         optimizer = make_optimizer(model, tc.learning_rate)
         shuffle = torch.Generator().manual_seed(tc.seed)
         meta = _meta(model_config, tc, arrays, path)
-        progress = _Progress()
+        progress = _Progress(_stopper(tc))
         if path is not None and path.exists():
             restored = _restore(path, meta, model, optimizer, shuffle, device)
             if restored is not None:
@@ -507,7 +524,7 @@ def fit_ensemble(
         model.load_state_dict(pr.best_state if pr.best_state is not None else member.state)
         results[member.index] = result = FitResult(
             model=model,
-            best_val_metric=pr.best_metric if pr.best_state is not None else math.nan,
+            best_val_metric=pr.stopper.best_metric if pr.best_state is not None else math.nan,
             best_epoch=pr.best_epoch,
             epochs_trained=pr.epoch,
             resumed_from_epoch=member.resumed_from,
@@ -570,17 +587,14 @@ def fit_ensemble(
                 total.add_(losses.detach(), alpha=idx.shape[1])
             train_losses = (total / n).tolist()
             with torch.inference_mode():
-                proba = (
-                    torch.cat(
-                        [
-                            torch.softmax(ensemble.logits(model_config, params, xb), dim=-1)[..., 1]
-                            for xb in X_v.split(_EVAL_BATCH)
-                        ],
-                        dim=1,
-                    )
-                    .cpu()
-                    .numpy()
-                )  # (k, N_val)
+                val_logits = torch.cat(
+                    [ensemble.logits(model_config, params, xb) for xb in X_v.split(_EVAL_BATCH)],
+                    dim=1,
+                ).float()  # (k, N_val, C)
+                val_losses = ensemble.member_losses(
+                    val_logits, y_v.expand(len(active), -1)
+                ).tolist()  # as fit's: the mean cross-entropy over the validation split
+                proba = torch.softmax(val_logits, dim=-1)[..., 1].cpu().numpy()  # (k, N_val)
             seconds = (time.perf_counter() - t0) / len(active)
             epoch_results = []
             for j, m in enumerate(active):
@@ -604,8 +618,15 @@ def fit_ensemble(
                     (float(steps[j]), a[j].clone(), b[j].clone())
                     for a, b in zip(exp_avg, exp_avg_sq, strict=True)
                 ]
-                _record_epoch(m.progress, epoch, val_metric, base, lambda m=m: dict(m.state))
-                result = EpochResult(epoch, train_losses[j], val_metric, seconds)
+                _record_epoch(
+                    m.progress,
+                    epoch,
+                    val_losses[j],
+                    val_metric,
+                    proba[j],
+                    lambda m=m: dict(m.state),
+                )
+                result = EpochResult(epoch, train_losses[j], val_metric, seconds, val_losses[j])
                 m.progress.history.append(result)
                 m.epochs_this_run.append(epoch)
                 m.seconds += seconds
@@ -629,23 +650,25 @@ def _detached(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
 
 
+def _stopper(tc: TrainConfig) -> EarlyStopping:
+    return EarlyStopping.for_budget(tc.patience, tc.max_epochs, tc.min_delta)
+
+
 def _record_epoch(
     progress: _Progress,
     epoch: int,
+    val_loss: float,
     val_metric: float,
-    tc: TrainConfig,
+    proba: np.ndarray,
     best_state: Callable[[], dict[str, torch.Tensor]],
 ) -> None:
-    """The early-stopping rule, one epoch at a time (``fit`` and each member of
-    ``fit_ensemble``): keep the best epoch's weights, stop after ``patience`` epochs in a row
-    without improvement (Keras semantics; 0 acts as 1)."""
+    """The early-stopping rule (:mod:`rnntune.stopping`), one epoch at a time, for ``fit`` and
+    for each member of ``fit_ensemble``: keep the best epoch's weights, stop when the rule says."""
     progress.epoch = epoch
-    if val_metric > progress.best_metric:  # NaN never counts as an improvement
-        progress.best_metric, progress.best_epoch, progress.bad_epochs = val_metric, epoch, 0
+    predicted = len(np.unique(proba >= 0.5))  # 1: still on the majority-class plateau
+    if progress.stopper.update(val_loss, val_metric, predicted).improved:
+        progress.best_epoch = epoch
         progress.best_state = best_state()
-    else:
-        progress.bad_epochs += 1
-    progress.stopped_early = progress.bad_epochs >= max(tc.patience, 1)
 
 
 def _meta(
@@ -720,13 +743,8 @@ def _save(
             "torch": torch.get_rng_state() if torch_rng is None else torch_rng,
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         },
-        "best": {
-            "metric": progress.best_metric,
-            "epoch": progress.best_epoch,
-            "state": progress.best_state,
-            "bad_epochs": progress.bad_epochs,
-        },
-        "stopped_early": progress.stopped_early,
+        "best": {"epoch": progress.best_epoch, "state": progress.best_state},
+        "stopper": progress.stopper.state_dict(),
         "history": [asdict(r) for r in progress.history],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -772,12 +790,10 @@ def _restore(
         torch.cuda.set_rng_state(state["rng"]["cuda"], device)
     best = state["best"]
     return _Progress(
+        stopper=EarlyStopping.from_state_dict(state["stopper"]),
         epoch=state["epoch"],
-        best_metric=best["metric"],
         best_epoch=best["epoch"],
         best_state=({k: v.to(device) for k, v in best["state"].items()} if best["state"] else None),
-        bad_epochs=best["bad_epochs"],
-        stopped_early=state["stopped_early"],
         history=[EpochResult(**r) for r in state["history"]],
     )
 
@@ -785,6 +801,21 @@ def _restore(
 # --------------------------------------------------------------------------------------------
 # Prediction and metrics
 # --------------------------------------------------------------------------------------------
+
+
+def _validate(
+    model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = _EVAL_BATCH
+):
+    """P(abnormal) ``(N,)`` and the mean cross-entropy (0-dim) on ``X``/``y``, without syncing."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits = torch.cat([model(xb) for xb in X.split(batch_size)])
+            loss = F.cross_entropy(logits.float(), y)
+            return torch.softmax(logits, dim=-1)[:, 1], loss
+    finally:
+        model.train(was_training)
 
 
 def _predict_tensor(model: torch.nn.Module, X: torch.Tensor, batch_size: int = _EVAL_BATCH):

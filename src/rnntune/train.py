@@ -442,6 +442,13 @@ def fit_ensemble(
     others may still be training); both may raise, which propagates. The result's
     ``train_seconds`` is the member's share of the wall time (epochs are shared evenly among
     the members training in them), so the members' sum is the time spent.
+
+    Within fp32 rounding: the batched products sum in another order than torch's per-model
+    kernels, so while training is stable a member's weights and predictions agree with its solo
+    run to about 1e-6, with the same epochs and decisions (tests/test_ensemble.py). Where
+    training is chaotic (a loss that jumps up, e.g. a tanh RNN over 140 steps at a high learning
+    rate), such differences grow as they would between two BLAS libraries or CPUs, and a member
+    may then follow another trajectory of the same distribution.
     """
     from rnntune import ensemble
 

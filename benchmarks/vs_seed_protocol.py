@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -124,7 +125,12 @@ def seed_protocol(splits, args: argparse.Namespace, seed: int) -> dict:  # noqa:
     return out
 
 
-def run_rnntune(args: argparse.Namespace, seed: int, tmp: Path) -> tuple[float, dict]:
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_rnntune(args: argparse.Namespace, seed: int, tmp: Path) -> tuple[float, float, dict]:
     cmd = [
         sys.executable, "-m", "rnntune", "run",
         "--storage", f"sqlite:///{tmp / f'vs-{seed}.db'}",
@@ -137,9 +143,9 @@ def run_rnntune(args: argparse.Namespace, seed: int, tmp: Path) -> tuple[float, 
         "--artifacts", str(tmp / f"art-{seed}"),
         "--out", str(tmp / f"reports-{seed}"),
     ]  # fmt: skip
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _children_cpu()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _children_cpu() - c0
     if proc.returncode != 0:
         sys.exit(f"rnntune run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     report = json.loads((tmp / f"reports-{seed}" / "report.json").read_text())
@@ -147,7 +153,7 @@ def run_rnntune(args: argparse.Namespace, seed: int, tmp: Path) -> tuple[float, 
     for cell in FAMILIES:
         summary = report["families"][cell]["summary"]
         out[cell] = {m: summary[m] for m in ("accuracy", "macro_f1")}
-    return wall, out
+    return wall, cpu, out
 
 
 def _fmt(s: dict) -> str:
@@ -157,11 +163,11 @@ def _fmt(s: dict) -> str:
     return f"{s['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def _timed_baseline(splits, args, seed: int, threads: int) -> tuple[float, dict]:  # noqa: ANN001
+def _timed_baseline(splits, args, seed: int, threads: int) -> tuple[float, float, dict]:  # noqa: ANN001
     torch.set_num_threads(threads)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = seed_protocol(splits, args, seed)
-    return time.perf_counter() - t0, result
+    return time.perf_counter() - t0, time.process_time() - c0, result
 
 
 def main() -> None:
@@ -197,15 +203,20 @@ def main() -> None:
                     splits, args, seed, default_threads
                 )
             torch.set_num_threads(default_threads)
-            wall, ours = run_rnntune(args, seed, tmp)
+            wall, cpu, ours = run_rnntune(args, seed, tmp)
             best_name = min(base, key=lambda k: base[k][0])
-            best_wall, theirs = base[best_name]
+            best_wall, best_cpu, theirs = base[best_name]
             ratio = best_wall / wall
             ratios.append(ratio)
-            timings = ", ".join(f"{k} {v[0]:.0f} s" for k, v in base.items())
+            timings = ", ".join(f"{k} {v[0]:.0f} s (CPU {v[1]:.0f} s)" for k, v in base.items())
             print(
-                f"\nseed {seed}: original protocol {timings}; rnntune run {wall:.0f} s; "
-                f"ratio {ratio:.2f}x (against the original's {best_name})"
+                f"\nseed {seed}: original protocol {timings}; rnntune run {wall:.0f} s "
+                f"(CPU {cpu:.0f} s); ratio {ratio:.2f}x wall against the original's {best_name} "
+                f"({best_cpu / cpu:.2f}x in CPU time)",
+                flush=True,
+            )
+            print(
+                f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end",
             )
             print(
                 f"  {'family':<6} {'accuracy: original':>26} {'rnntune':>24}   "
@@ -215,7 +226,8 @@ def main() -> None:
                 print(
                     f"  {cell:<6} {_fmt(theirs[cell]['accuracy']):>26} "
                     f"{_fmt(ours[cell]['accuracy']):>24}   {_fmt(theirs[cell]['macro_f1']):>26} "
-                    f"{_fmt(ours[cell]['macro_f1']):>24}"
+                    f"{_fmt(ours[cell]['macro_f1']):>24}",
+                    flush=True,
                 )
     listed = ", ".join(f"{r:.2f}x" for r in ratios)
     print(f"\nratios {listed}; median {statistics.median(ratios):.2f}x")

@@ -482,9 +482,9 @@ class Worker:
         pending = {j.id: j for j in jobs}
 
         def on_done(job: evaluation.Job, result: dict[str, Any]) -> None:
+            self._complete(job, result)  # if this raises, the repeat is handed back below
             self._drop_job(job.id)
             del pending[job.id]
-            self._complete(job, result)
 
         try:
             evaluation.run_group(

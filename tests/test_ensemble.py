@@ -60,7 +60,9 @@ MODELS = [
 ]
 
 
-@pytest.mark.parametrize("model_config", MODELS, ids=lambda c: f"{c.cell}-{c.num_layers}-{c.readout}")
+@pytest.mark.parametrize(
+    "model_config", MODELS, ids=lambda c: f"{c.cell}-{c.num_layers}-{c.readout}"
+)
 def test_each_member_equals_its_repeat_trained_alone(
     small: tuple[np.ndarray, ...], model_config: ModelConfig
 ) -> None:

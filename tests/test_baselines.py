@@ -1,12 +1,14 @@
-"""Reference points in every report (issue 10.6): majority class and 1-NN on the same split."""
+"""Reference points in every report (issue 10.6): majority class and 1-NN on the same split.
+
+End to end (the final job computes and stores them, `rnntune report` reads them back) is checked
+in tests/test_readout.py, which shares one real run with the readout option.
+"""
 
 from __future__ import annotations
 
 import copy
-import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +23,6 @@ from rnntune.report.html import to_html
 from rnntune.report.plots import plot_pngs
 from rnntune.report.render import to_markdown
 from rnntune.report.stats import compare_families, reference_verdict, verdict
-from tests.conftest import TINY_DATA, rnntune
 from tests.test_report_render import FAMILIES, _assemble, _metrics, make_report
 
 
@@ -157,51 +158,3 @@ def test_the_plot_draws_the_reference_points() -> None:
     with_refs = plot_pngs(report)["test_metrics"]
     without = plot_pngs({**report, "baselines": None})["test_metrics"]
     assert with_refs != without
-
-
-# --------------------------------------------------------------------------------------------
-# End to end: the final job computes them once and stores them; `rnntune report` reads them
-# --------------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_the_final_job_stores_the_reference_points(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'b.db'}"
-    common = ["--storage", url]
-    (tmp_path / "gru.toml").write_text('[experiment]\nfamilies = ["gru"]\n')
-    rnntune(
-        "run",
-        *common,
-        "--config",
-        str(tmp_path / "gru.toml"),
-        "--data",
-        TINY_DATA,
-        "--trials",
-        "1",
-        "--repeats",
-        "2",
-        "--max-epochs",
-        "1",
-        "--workers",
-        "1",
-        "--out",
-        str(tmp_path / "out"),
-        "--artifacts",
-        str(tmp_path / "art"),
-        cwd=tmp_path,
-    )
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    refs = report["baselines"]
-    split = split_dataset(load_dataset(TINY_DATA), seed=0)
-    knn = KNeighborsClassifier(n_neighbors=1).fit(_flat(split.X_train), split.y_train)
-    pred = knn.predict(_flat(split.X_test))
-    assert refs["points"][1]["metrics"]["macro_f1"] == f1_score(split.y_test, pred, average="macro")
-    assert refs["n_test"] == len(split.y_test)
-    assert "baseline" in report["verdict"]
-    assert report["experiment"]["early_stopping"]["patience"] == 3
-    md = (tmp_path / "out" / "report.md").read_text()
-    assert "Early-stopping rule" in md and "1-NN (Euclidean) (baseline)" in md
-    # A reader, later: the stored points, not recomputed (no data at hand, no torch needed).
-    again = rnntune("report", *common, "--format", "json", cwd=tmp_path).stdout
-    assert json.loads(again)["baselines"] == refs

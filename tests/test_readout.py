@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from sklearn.metrics import f1_score
+from sklearn.neighbors import KNeighborsClassifier
 from sqlalchemy import select
 
 from rnntune.config import ExperimentConfig, build
@@ -54,6 +56,7 @@ def test_readout_in_the_search_space() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_mean_readout_trial_carries_into_the_repeats(tmp_path: Path) -> None:
+    """One real `rnntune run` (1 family); also checks the reference points end to end."""
     cfg_file = tmp_path / "readout.toml"
     cfg_file.write_text(
         '[experiment]\nfamilies = ["gru"]\n'
@@ -116,3 +119,19 @@ def test_a_mean_readout_trial_carries_into_the_repeats(tmp_path: Path) -> None:
     here = classification_metrics(splits.y_test, predict_proba(result.model, splits.X_test))
     assert here["macro_f1"] == pytest.approx(metrics["macro_f1"], abs=1e-9)
     assert here["roc_auc"] == pytest.approx(metrics["roc_auc"], abs=1e-9)
+
+    # The reference points: computed by the final job on the same split, equal to sklearn's.
+    refs = report["baselines"]
+    flat = splits.X_train.reshape(len(splits.X_train), -1)
+    knn = KNeighborsClassifier(n_neighbors=1).fit(flat, splits.y_train)
+    pred = knn.predict(splits.X_test.reshape(len(splits.X_test), -1))
+    nn = refs["points"][1]
+    assert nn["name"] == "1nn" and refs["n_test"] == len(splits.y_test)
+    assert nn["metrics"]["macro_f1"] == f1_score(splits.y_test, pred, average="macro")
+    assert "1-NN baseline" in report["verdict"]
+    assert report["experiment"]["early_stopping"]["patience"] == 3
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "Early-stopping rule" in md and "| ref. | 1-NN (Euclidean) (baseline) |" in md
+    # A reader, later: the stored points, not recomputed (no data needed).
+    again = rnntune("report", "--storage", url, "--format", "json", cwd=tmp_path).stdout
+    assert json.loads(again)["baselines"] == refs

@@ -10,10 +10,12 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
+from rnntune.config import build
 from rnntune.exceptions import Interrupted
 from rnntune.models import FAMILIES, ModelConfig
 from rnntune.stopping import EarlyStopping, describe, effective_patience
 from rnntune.train import EpochResult, TrainConfig, fit, predict_proba
+from rnntune.tuning import model_and_train_config
 
 
 @pytest.fixture(autouse=True)
@@ -188,11 +190,12 @@ def test_no_repeat_ends_on_the_majority_class_plateau(family: str) -> None:
     majority_f1 = f1_score(y_val, np.zeros_like(y_val), average="macro")
     majority_acc = float((y_test == 0).mean())
     legacy_at_baseline = 0
+    # The configs a repeat gets (evaluation.run_job): the experiment's 30 epochs, patience 3.
+    experiment = build({"max_epochs": 30, "patience": 3})
+    params = {"hidden_size": 16, "learning_rate": 1e-3, "batch_size": 32}
     for seed in range(3):  # three repeats, as in the issue
-        config = TrainConfig(
-            learning_rate=1e-3, batch_size=32, max_epochs=30, patience=3, seed=seed
-        )
-        result = fit(ModelConfig(family, 1, 16), config, X_train, y_train, X_val, y_val)
+        model, config = model_and_train_config(family, params, experiment, 1, seed, "cpu")
+        result = fit(model, config, X_train, y_train, X_val, y_val)
         # The data is hard to start on: the old rule would have stopped this repeat on the
         # plateau (its best no better than predicting the majority class) ...
         legacy_at_baseline += _legacy_best(result.history) <= majority_f1 + 1e-12

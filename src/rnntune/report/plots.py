@@ -104,7 +104,7 @@ def _test_metrics(report: Mapping[str, Any]) -> Figure | None:
     refs = reference_points(report.get("baselines"))
     width = 4.0 * len(panels)
     # References get a legend row below the panels, where it cannot cover any data.
-    height, bottom = (4.1, 0.25) if refs else (3.6, 0.14)
+    height, bottom = (3.9, 0.21) if refs else (3.6, 0.14)
     fig = _new_figure(
         width, height, left=0.75 / width, right=1 - 0.15 / width, wspace=0.35, bottom=bottom
     )

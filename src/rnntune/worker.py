@@ -524,8 +524,11 @@ class Worker:
                 f"with free space, then restart this worker ({family} repeats {names} were "
                 "handed back)"
             ) from e
-        except TRANSIENT as e:
-            # The database went away mid-group: hand the rest back once it is reachable again.
+        except tuning.DATABASE_ERRORS as e:
+            # Not the repeats' fault (as in _run_job): hand the rest back once the database is
+            # reachable again, uncounted.
+            if not tuning.is_transient(e):
+                raise
             log.warning(
                 "%s repeats %s: database error (%s); handing them back",
                 family,

@@ -221,6 +221,8 @@ def group_size(family: str, params: dict[str, Any], cfg: ExperimentConfig, devic
     experiment's repeats)."""
     from rnntune import ensemble
 
+    if getattr(cfg, "resplit", False):
+        return 1  # --resplit: each repeat trains on its own split, so members share no data
     model_cfg, _ = model_and_train_config(family, params, cfg, 1, 0, device)
     return max(1, min(cfg.repeats, ensemble.group_size(model_cfg, device)))
 

@@ -216,3 +216,14 @@ def test_a_killed_group_is_reclaimed_and_resumed_each_repeat_once(
         assert r.metrics["accuracy"] == m["accuracy"]
         assert r.metrics["macro_f1"] == m["macro_f1"]
         assert r.metrics["roc_auc"] == pytest.approx(m["roc_auc"], abs=1e-3)
+
+
+def test_resplit_repeats_train_one_at_a_time(sqlite_url: str) -> None:
+    """Under --resplit each repeat has its own split: members of one ensemble would share one."""
+    import dataclasses
+
+    st, exp = setup(sqlite_url, repeats=3, families=["gru"])
+    params = {"hidden_size": 8, "learning_rate": 0.01, "batch_size": 32}
+    assert evaluation.group_size("gru", params, exp.config, "cpu") == 3
+    resplit = dataclasses.replace(exp.config, resplit=True)
+    assert evaluation.group_size("gru", params, resplit, "cpu") == 1

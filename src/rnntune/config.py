@@ -525,10 +525,8 @@ class Runtime:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if self.threads > 1024:
             raise ConfigError(f"--threads must be at most 1024, got {self.threads}")
-        if self.grace_period > 7 * 24 * 3600:
-            raise ConfigError(
-                f"--grace-period must be at most one week (604800 s), got {self.grace_period}"
-            )
+        if grace is not None and grace > 7 * 24 * 3600:
+            raise ConfigError(f"--grace-period must be at most one week (604800 s), got {grace}")
         if not re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,3})?", self.device):
             raise ConfigError(
                 f"unknown device {self.device!r}: use auto, cpu, cuda or cuda:N (N a GPU number)"

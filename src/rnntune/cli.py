@@ -432,7 +432,9 @@ def run(
         run_workers(st, storage, exp, rt, workers, opts.get("data"), click.echo)
     from rnntune.train import resolve_device
 
-    report, paths = finalize(st, exp, out, artifacts, device=str(resolve_device(rt.device)))
+    report, paths = finalize(
+        st, exp, out, artifacts, device=str(resolve_device(rt.device)), data=opts.get("data")
+    )
     click.echo("")
     click.echo(summary_table(report))
     click.echo(
@@ -546,7 +548,9 @@ def evaluate(
         raise RnntuneError(
             "evaluation stopped before the end: rerun `rnntune evaluate` to continue"
         )
-    report, paths = finalize(w.storage, w.exp, out, artifacts, device=w.runtime.device)
+    report, paths = finalize(
+        w.storage, w.exp, out, artifacts, device=w.runtime.device, splits=getattr(w, "splits", None)
+    )
     click.echo(summary_table(report))
     click.echo(f"report: {paths['md']} (also {paths['json']}, {paths['html']})")
 

@@ -30,7 +30,9 @@ TUNABLE: dict[str, tuple[str, ...]] = {
     "batch_size": ("categorical", "int"),
     "num_layers": ("categorical", "int"),
     "dropout": ("float", "categorical"),
+    "readout": ("categorical",),
 }
+READOUTS: tuple[str, ...] = ("last", "mean")  # as models.READOUTS (config does not import torch)
 REQUIRED_PARAMS = ("hidden_size", "learning_rate", "batch_size")
 
 # The original study's search space, exactly.
@@ -487,6 +489,9 @@ def _check_value(name: str, v: Any, where: str) -> None:
     elif name == "dropout":
         if not isinstance(v, int | float) or isinstance(v, bool) or not (0 <= v < 1):
             raise ConfigError(f"{where}: dropout must be in [0, 1), got {v!r}")
+    elif name == "readout":
+        if v not in READOUTS:
+            raise ConfigError(f"{where}: readout must be one of {', '.join(READOUTS)}, got {v!r}")
 
 
 @dataclass(frozen=True)

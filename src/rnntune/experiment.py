@@ -350,6 +350,15 @@ def mark_finished(engine: Engine, exp: Experiment, report_path: str) -> None:
         row.report_path = report_path
 
 
+def store_reference_points(engine: Engine, exp: Experiment, points: dict[str, Any]) -> None:
+    """Keep the report's reference points (``rnntune.baselines``) with the experiment's data
+    summary: they depend on the split only, so they are computed once, by the final job."""
+    with session_scope(engine) as s:
+        row = s.get(ExperimentRow, exp.id)
+        assert row is not None
+        row.data_summary = {**(row.data_summary or {}), "baselines": points}
+
+
 def _diff(a: ExperimentConfig, b: ExperimentConfig) -> str:
     da, db = a.to_dict(), b.to_dict()
     parts = [f"{k}: {da[k]!r} -> {db[k]!r}" for k in da if da[k] != db[k]]

@@ -18,7 +18,14 @@ from typing import Any
 from rnntune import live as live_mod
 from rnntune.config import Runtime
 from rnntune.exceptions import RnntuneError
-from rnntune.experiment import Experiment, find_or_raise_by_name, mark_finished
+from rnntune.experiment import (
+    Experiment,
+    find_or_raise_by_name,
+    load_data,
+    mark_finished,
+    store_reference_points,
+    verify_data,
+)
 from rnntune.report import build_report, write_all
 
 log = logging.getLogger(__name__)
@@ -162,13 +169,25 @@ def _relay(stream: Any, display: live_mod.Display) -> None:
 
 
 def finalize(
-    storage: Any, exp: Experiment, out_dir: str | Path, artifacts: str | None, device: str = "cpu"
+    storage: Any,
+    exp: Experiment,
+    out_dir: str | Path,
+    artifacts: str | None,
+    device: str = "cpu",
+    *,
+    data: str | None = None,
+    splits: Any = None,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Write report.md/.json/.html into ``out_dir`` and publish them to the dashboard.
 
-    ``device``: what the work ran on, as the report should say it (already resolved).
+    ``device``: what the work ran on, as the report should say it (already resolved). The
+    reference points are computed here once, from ``splits`` (or the experiment's data, at
+    ``data`` if given), and stored with the experiment for every later report.
     """
     exp = find_or_raise_by_name(storage.engine, exp.name)
+    if "baselines" not in (exp.data_summary or {}):
+        ensure_reference_points(storage.engine, exp, data=data, splits=splits)
+        exp = find_or_raise_by_name(storage.engine, exp.name)
     report = build_report(storage, exp, device=device)
     paths, plots = write_all(report, out_dir, REPORT_FORMATS)
     mark_finished(storage.engine, exp, str(paths["md"]))
@@ -180,6 +199,30 @@ def finalize(
         except Exception as e:  # noqa: BLE001 - the files on disk are the primary result
             log.warning("could not publish the report to the dashboard: %s", e)
     return report, paths
+
+
+def ensure_reference_points(
+    engine: Any, exp: Experiment, *, data: str | None = None, splits: Any = None
+) -> None:
+    """Compute the majority-class and classical baselines on the experiment's split and store
+    them (``rnntune.baselines``: numpy and scikit-learn only). A failure costs the report its
+    reference points, not the report: it is logged and the report says they are missing."""
+    from rnntune.baselines import reference_points
+
+    try:
+        if splits is None:
+            loaded = load_data(exp.config, data)
+            verify_data(exp, loaded)
+            splits = loaded.splits
+        t0 = time.perf_counter()
+        points = reference_points(
+            splits.X_train, splits.y_train, splits.X_test, splits.y_test, seed=exp.config.seed
+        )
+        points["seconds"] = round(time.perf_counter() - t0, 3)
+    except Exception as e:  # noqa: BLE001 - the trained families are the primary result
+        log.warning("no reference points for the report: %s", e)
+        return
+    store_reference_points(engine, exp, points)
 
 
 def summary_table(report: dict[str, Any]) -> str:

@@ -285,6 +285,7 @@ def model_and_train_config(
         hidden_size=int(params["hidden_size"]),
         num_layers=int(params.get("num_layers", 1)),
         dropout=float(params.get("dropout", 0.0)),
+        readout=str(params.get("readout", "last")),
     )
     train_cfg = TrainConfig(
         learning_rate=float(params["learning_rate"]),

@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from rnntune import __version__, state
+from rnntune import __version__, state, stopping
 from rnntune.experiment import Experiment
 from rnntune.report import stats
 from rnntune.storage import load_study, mask_url
@@ -88,6 +88,9 @@ def build_report(storage: Any, exp: Experiment, device: str = "cpu") -> dict[str
         {"family": f, "rank": i + 1, "macro_f1_mean": summary["mean"]}
         for i, (f, summary) in enumerate(stats.ranked_families(families, metric))
     ]
+    # Computed once by the final job from the splits (rnntune.baselines) and stored with the
+    # experiment; None until then.
+    references = exp.data_summary.get("baselines")
     return {
         "experiment": {
             "name": cfg.name,
@@ -107,6 +110,7 @@ def build_report(storage: Any, exp: Experiment, device: str = "cpu") -> dict[str
             "repeats": cfg.repeats,
             "max_epochs": cfg.max_epochs,
             "patience": cfg.patience,
+            "early_stopping": stopping.describe(cfg.patience, cfg.max_epochs, cfg.objective),
             "objective": cfg.objective,
             "pruner": cfg.pruner.describe(),
             "seed": cfg.seed,
@@ -123,7 +127,8 @@ def build_report(storage: Any, exp: Experiment, device: str = "cpu") -> dict[str
         "families": families,
         "ranking": ranking,
         "comparison": comparison,
-        "verdict": stats.verdict(families, comparison, metric=metric),
+        "baselines": references,
+        "verdict": stats.verdict(families, comparison, metric=metric, references=references),
     }
 
 

@@ -137,14 +137,18 @@ say "running: $(trials_in "'RUNNING'"), finished: $(trials_in "'COMPLETE','PRUNE
 step "nothing of rnntune runs as root"
 # The entrypoint starts as root, drops privileges with setpriv and refuses uid 0: every rnntune
 # process in the workers and in evaluate has a non-root uid (`docker top` shows host uids).
+seen=0
 for c in $(ids worker) $(ids evaluate); do
-    procs=$(docker top "$c" -eo uid,args 2>/dev/null | grep "bin/rnntune " || true)
-    [ -n "$procs" ] || continue  # between processes (restarting, or done)
-    if echo "$procs" | awk '$1 == 0 || $1 == "root" { bad = 1 } END { exit !bad }'; then
+    top=$(docker top "$c" -eo pid,uid,args) || continue  # not running (restarting, or done)
+    procs=$(echo "$top" | grep "bin/rnntune " || true)
+    [ -n "$procs" ] || continue  # between processes
+    seen=$((seen + 1))
+    if echo "$procs" | awk '$2 == 0 || $2 == "root" { bad = 1 } END { exit !bad }'; then
         fail "rnntune runs as root in ${c:0:12}: $procs"
     fi
-    say "${c:0:12}: $(echo "$procs" | awk '{ print "uid " $1 }' | sort -u | xargs)"
+    say "${c:0:12}: rnntune as $(echo "$procs" | awk '{ print "uid " $2 }' | sort -u | xargs)"
 done
+[ "$seen" -gt 0 ] || fail "no rnntune process found with docker top: the check saw nothing"
 
 # -- faults -----------------------------------------------------------------------------------------
 step "docker kill one worker mid-trial"

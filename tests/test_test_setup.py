@@ -105,7 +105,8 @@ def test_skips():
 def test_under_ci_a_skip_fails_the_run(tmp_path: Path, reason: str, ci: str, fails: bool) -> None:
     (tmp_path / "test_x.py").write_text(textwrap.dedent(SKIPPING.format(reason=reason)))
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    env = {**os.environ, "CI": ci, "PYTHONPATH": str(REPO)}
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "CI": ci, "PYTHONPATH": path}
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider",
          "-c", str(tmp_path / "pytest.ini"), "-rs", str(tmp_path / "test_x.py")],

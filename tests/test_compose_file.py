@@ -174,6 +174,12 @@ def structure_problems(doc: Doc) -> list[str]:
     if not reports or reports.startswith(tuple(f"{n}:" for n in named)):
         problems.append("evaluate does not bind-mount a host reports directory")
 
+    # The worker image starts as root so that its entrypoint can give the reports to the owner
+    # of ./reports; a fixed `user:` would skip that (and fail for root's quick start).
+    for name in ("init", "worker", "evaluate"):
+        if "user" in services[name]:
+            problems.append(f"{name} sets user: the entrypoint picks the user (README)")
+
     for port in services["dashboard"].get("ports", []) or ["<none>"]:
         if not str(port).startswith("127.0.0.1:"):
             problems.append(f"dashboard port {port!r} is not published on 127.0.0.1 only")
@@ -320,6 +326,19 @@ def test_dockerfile(dockerfile: str) -> None:
         assert "ARG TORCH_SPEC=torch==2.13.0" in lines
 
 
+def test_the_checkout_ships_the_reports_directory() -> None:
+    """./reports comes with the clone, so it belongs to whoever cloned: their reports."""
+    assert (ROOT / "reports" / ".gitkeep").is_file()
+    if (ROOT / ".git").exists() and shutil.which("git"):
+        tracked = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", "reports/.gitkeep"],
+            cwd=ROOT,
+            capture_output=True,
+            check=False,
+        )
+        assert tracked.returncode == 0, "reports/.gitkeep is not tracked"
+
+
 def test_dockerignore_keeps_secrets_and_junk_out() -> None:
     rules = [
         ln.strip()
@@ -352,6 +371,7 @@ BREAKAGES: dict[str, Callable[[Doc], None]] = {
     ),
     "version key": lambda d: d.update(version="3.8"),
     "worker without init": lambda d: d["services"]["worker"].pop("init"),
+    "evaluate with a fixed user": lambda d: d["services"]["evaluate"].update(user="1000:1000"),
 }
 
 

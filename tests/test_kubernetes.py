@@ -336,6 +336,19 @@ def rnntune_problems(docs: list[Doc], target: str) -> list[str]:
         image = dashboards["rnntune-dashboard"]["spec"]["template"]["spec"]["containers"][0]
         if image["image"] != images["docker-compose.yml:dashboard"]:
             problems.append(f"Deployment/rnntune-dashboard: image {image['image']} not Compose's")
+    from rnntune.cli import main as cli
+
+    for workload, pod in pod_templates(docs):
+        for c in containers(pod):
+            if not c["image"].startswith("rnntune-worker"):
+                continue
+            words = [
+                *c.get("args", [])[:1],
+                *re.findall(r"\brnntune (\w+)", " ".join(c.get("command", []))),
+            ]
+            unknown = [w for w in words if w not in cli.commands]
+            if not words or unknown:
+                problems.append(f"{name(workload)} {c['name']}: runs no rnntune command {unknown}")
     pvcs = by_kind(docs, "PersistentVolumeClaim")
     if pvcs.get("rnntune-artifacts", {}).get("spec", {}).get("accessModes") != ["ReadWriteMany"]:
         problems.append("no ReadWriteMany PVC rnntune-artifacts for the checkpoints")
@@ -487,6 +500,9 @@ SECURITY_BREAKAGES: dict[str, Callable[[list[Doc]], None]] = {
 RNNTUNE_BREAKAGES: dict[str, Callable[[list[Doc]], None]] = {
     "image": lambda d: _worker(d).update(image="rnntune:other"),
     "command": lambda d: _worker(d).update(args=["evaluate"]),
+    "no such command": lambda d: _pod(d, "Job", "rnntune-worker")["initContainers"][0].update(
+        command=["sh", "-c", "until rnntune stauts; do sleep 5; done"]
+    ),
     "indexed": lambda d: find(d, "Job", "rnntune-worker")["spec"].update(completions=4),
     "literal url": lambda d: _worker(d)["env"][-1].update(value="postgresql://u:pw@db/x"),
     "gpu on cpu": lambda d: _worker(d)["resources"]["limits"].update({"nvidia.com/gpu": 1}),

@@ -575,7 +575,9 @@ def test_entrypoint_forwards_sigterm_while_it_lends_the_reports(
 ) -> None:
     """`docker compose stop` during evaluate: rnntune gets the SIGTERM, exits 0, files to root."""
     reports = ep_dir / "reports"
-    reports.mkdir()
+    (reports / "report_plots").mkdir(parents=True)  # a root run's plots: rewritten, so lent
+    (reports / "keep").mkdir()  # anything else of root's there: never lent
+    (reports / "keep" / "secret").write_text("root's")
     proc = subprocess.Popen(
         ["sh", str(ENTRYPOINT), "evaluate"],
         env={**entrypoint_env, "TRAP": "1"},
@@ -587,7 +589,9 @@ def test_entrypoint_forwards_sigterm_while_it_lends_the_reports(
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith("rnntune evaluate uid=1000 ")
         assert proc.stdout.readline() == "ready\n"
-        assert owner(reports) == (RUN_UID, RUN_GID)  # lent for the run
+        # Lent for the run: the directory and rnntune's plot directory, nothing else.
+        assert owner(reports) == owner(reports / "report_plots") == (RUN_UID, RUN_GID)
+        assert owner(reports / "keep") == owner(reports / "keep" / "secret") == (0, 0)
         proc.terminate()
         out, err = proc.communicate(timeout=30)
     finally:
@@ -596,7 +600,8 @@ def test_entrypoint_forwards_sigterm_while_it_lends_the_reports(
             proc.communicate()
     assert proc.returncode == 0, err
     assert out == "TERM as 1000\n"
-    assert owner(reports) == (0, 0) and owner(reports / "late") == (0, 0)
+    for f in (".", "late", "report_plots", "keep", "keep/secret"):
+        assert owner(reports / f) == (0, 0), f
 
 
 def test_entrypoint_explains_an_unwritable_reports_dir(

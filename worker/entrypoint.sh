@@ -13,8 +13,8 @@
 #      and rnntune runs in that group with umask 002.
 #   3. setpriv drops to that uid/gid (no capabilities, no_new_privs) and runs this script again.
 #      A report directory that belongs to root (root ran the quick start, or Docker created
-#      ./reports) is lent to that user for the run and given back afterwards, the new files
-#      with it, so they belong to root like the directory.
+#      ./reports) is lent to that user for the run (the directory and its *_plots directories)
+#      and given back afterwards, the new files with it, so they belong to root like it.
 # As any other user (Kubernetes' runAsUser, `docker run --user`) it goes straight to:
 #   4. Checks the directories the command writes to, so a permission problem is one clear line
 #      with its fix instead of a traceback.
@@ -82,9 +82,14 @@ if [ "$(id -u)" = 0 ]; then
                     [ "$owner_gid" = 0 ] || gid=$owner_gid
                     exec_as_owner=$owner
                 else
-                    # Root's directory: lend it (what root owns in it) for the run, then give
-                    # back what is ours there; signals reach rnntune through this shell.
-                    chown -R --from="0:$owner_gid" "$uid:$gid" "$out"
+                    # Root's directory: lend it to the user for the run (the directory and
+                    # rnntune's *_plots directories in it, nothing else: the host's user with
+                    # that uid owns them meanwhile), then hand back everything that user owns
+                    # there. Signals reach rnntune through this shell.
+                    lender="0:$owner_gid"
+                    chown --from="$lender" "$uid:$gid" "$out"
+                    find "$out" -mindepth 1 -maxdepth 1 -type d -name '*_plots' \
+                        -exec chown -R --from="$lender" "$uid:$gid" {} + 2>/dev/null || true
                     (drop "$uid" "$gid" "$@") &
                     child=$!
                     for sig in TERM INT HUP QUIT; do
@@ -96,7 +101,7 @@ if [ "$(id -u)" = 0 ]; then
                         wait "$child" || status=$?
                         kill -0 "$child" 2>/dev/null || break  # else: a trapped signal woke us
                     done
-                    chown -R --from="$uid:$gid" "0:$owner_gid" "$out" || true
+                    find "$out" -user "$uid" -group "$gid" -exec chown -h "$lender" {} + || true
                     exit "$status"
                 fi
             fi

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import tomllib
@@ -602,6 +603,40 @@ def test_entrypoint_forwards_sigterm_while_it_lends_the_reports(
     assert out == "TERM as 1000\n"
     for f in (".", "late", "report_plots", "keep", "keep/secret"):
         assert owner(reports / f) == (0, 0), f
+    assert not (reports / ".rnntune-lent").exists()
+
+
+@needs_root
+@pytest.mark.timeout(60)
+def test_entrypoint_takes_back_the_reports_after_a_killed_run(
+    entrypoint_env: dict[str, str], ep_dir: Path
+) -> None:
+    """SIGKILL (OOM, docker kill) while root's directory is lent: the next start hands it back."""
+    reports = ep_dir / "reports"
+    reports.mkdir()
+    proc = subprocess.Popen(
+        ["sh", str(ENTRYPOINT), "evaluate"],
+        env={**entrypoint_env, "TRAP": "1"},
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        assert proc.stdout.readline() == "ready\n"
+        (reports / "partial.json").write_text("{}")  # as the unprivileged run would leave it
+        os.chown(reports / "partial.json", RUN_UID, RUN_GID)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the supervisor and rnntune alike
+        proc.communicate()
+    assert owner(reports) == (RUN_UID, RUN_GID) and (reports / ".rnntune-lent").exists()
+    done = run_entrypoint({**entrypoint_env, "WRITE": "report.json"}, "evaluate")
+    assert done.returncode == 0, done.stderr
+    assert f"uid={RUN_UID} gid={RUN_GID} " in done.stdout, done.stdout
+    for f in (".", "partial.json", "report.json"):
+        assert owner(reports / f) == (0, 0), f
+    assert not (reports / ".rnntune-lent").exists()
 
 
 def test_entrypoint_explains_an_unwritable_reports_dir(

@@ -14,7 +14,8 @@
 #   3. setpriv drops to that uid/gid (no capabilities, no_new_privs) and runs this script again.
 #      A report directory that belongs to root (root ran the quick start, or Docker created
 #      ./reports) is lent to that user for the run (the directory and its *_plots directories)
-#      and given back afterwards, the new files with it, so they belong to root like it.
+#      and given back afterwards, the new files with it, so they belong to root like it (a run
+#      killed meanwhile leaves a marker, .rnntune-lent, and the next start hands it back).
 # As any other user (Kubernetes' runAsUser, `docker run --user`) it goes straight to:
 #   4. Checks the directories the command writes to, so a permission problem is one clear line
 #      with its fix instead of a traceback.
@@ -74,6 +75,14 @@ if [ "$(id -u)" = 0 ]; then
     case "$command" in
         evaluate | run | report)
             if [ ! -e "$out" ] && mkdir -p "$out" 2>/dev/null; then chown "$uid:$gid" "$out"; fi
+            marker=$out/.rnntune-lent  # root's, while the directory is lent: "uid:gid" of root's
+            if [ -f "$marker" ] && [ "$(stat -c %u "$marker")" = 0 ]; then
+                # A run that held root's directory was killed (SIGKILL, OOM): hand it back first.
+                lent_to=$(stat -c %u:%g "$out")
+                find "$out" -user "${lent_to%:*}" -group "${lent_to#*:}" \
+                    -exec chown -h "$(cat "$marker")" {} + || true
+                rm -f "$marker"
+            fi
             if [ -d "$out" ]; then
                 owner=$(stat -c %u "$out")
                 owner_gid=$(stat -c %g "$out")
@@ -87,6 +96,7 @@ if [ "$(id -u)" = 0 ]; then
                     # that uid owns them meanwhile), then hand back everything that user owns
                     # there. Signals reach rnntune through this shell.
                     lender="0:$owner_gid"
+                    echo "$lender" >"$marker"
                     chown --from="$lender" "$uid:$gid" "$out"
                     find "$out" -mindepth 1 -maxdepth 1 -type d -name '*_plots' \
                         -exec chown -R --from="$lender" "$uid:$gid" {} + 2>/dev/null || true
@@ -102,6 +112,7 @@ if [ "$(id -u)" = 0 ]; then
                         kill -0 "$child" 2>/dev/null || break  # else: a trapped signal woke us
                     done
                     find "$out" -user "$uid" -group "$gid" -exec chown -h "$lender" {} + || true
+                    rm -f "$marker"
                     exit "$status"
                 fi
             fi

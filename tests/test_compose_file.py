@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import tomllib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -569,6 +570,32 @@ def test_entrypoint_lends_a_root_owned_reports_dir_and_takes_it_back(
         assert owner(reports / f) == (0, 0), f
 
 
+@contextmanager
+def evaluate_holding(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """The entrypoint running a fake `evaluate` that waits for SIGTERM; killed if still there."""
+    proc = subprocess.Popen(
+        ["sh", str(ENTRYPOINT), "evaluate"],
+        env={**env, "TRAP": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: the finaliser kills all of it
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith(f"rnntune evaluate uid={RUN_UID} "), first
+        assert proc.stdout.readline() == "ready\n"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+
+
 @needs_root
 @pytest.mark.timeout(60)
 def test_entrypoint_forwards_sigterm_while_it_lends_the_reports(
@@ -579,26 +606,12 @@ def test_entrypoint_forwards_sigterm_while_it_lends_the_reports(
     (reports / "report_plots").mkdir(parents=True)  # a root run's plots: rewritten, so lent
     (reports / "keep").mkdir()  # anything else of root's there: never lent
     (reports / "keep" / "secret").write_text("root's")
-    proc = subprocess.Popen(
-        ["sh", str(ENTRYPOINT), "evaluate"],
-        env={**entrypoint_env, "TRAP": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().startswith("rnntune evaluate uid=1000 ")
-        assert proc.stdout.readline() == "ready\n"
+    with evaluate_holding(entrypoint_env) as proc:
         # Lent for the run: the directory and rnntune's plot directory, nothing else.
         assert owner(reports) == owner(reports / "report_plots") == (RUN_UID, RUN_GID)
         assert owner(reports / "keep") == owner(reports / "keep" / "secret") == (0, 0)
         proc.terminate()
         out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err
     assert out == "TERM as 1000\n"
     for f in (".", "late", "report_plots", "keep", "keep/secret"):
@@ -614,22 +627,11 @@ def test_entrypoint_takes_back_the_reports_after_a_killed_run(
     """SIGKILL (OOM, docker kill) while root's directory is lent: the next start hands it back."""
     reports = ep_dir / "reports"
     reports.mkdir()
-    proc = subprocess.Popen(
-        ["sh", str(ENTRYPOINT), "evaluate"],
-        env={**entrypoint_env, "TRAP": "1"},
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert proc.stdout is not None
-        proc.stdout.readline()
-        assert proc.stdout.readline() == "ready\n"
+    with evaluate_holding(entrypoint_env) as proc:
         (reports / "partial.json").write_text("{}")  # as the unprivileged run would leave it
         os.chown(reports / "partial.json", RUN_UID, RUN_GID)
-    finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the supervisor and rnntune alike
-        proc.communicate()
+        proc.wait(timeout=30)
     assert owner(reports) == (RUN_UID, RUN_GID) and (reports / ".rnntune-lent").exists()
     done = run_entrypoint({**entrypoint_env, "WRITE": "report.json"}, "evaluate")
     assert done.returncode == 0, done.stderr

@@ -27,7 +27,7 @@ def test_compose_stack() -> None:
     if not (os.geteuid() == 0 and standins.is_file()):
         why = docker_missing()
         if why:
-            pytest.skip(f"needs Docker: {why} (and no {standins} to start one as root)")
+            pytest.skip(f"needs Docker: {why} (or root and {standins} to start a stand-in)")
     # Its output streams to the terminal: step timings, and the logs of a failure.
     done = subprocess.run(["bash", str(SMOKE)], cwd=ROOT, timeout=1800, check=False)
     assert done.returncode == 0, "tests/compose/smoke.sh failed: see its output above"

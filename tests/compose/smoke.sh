@@ -58,6 +58,9 @@ PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 mkdir -p "$WORK/data"   # not reports: Docker creates it, as for a user who did not
 cat >"$WORK/.env" <<EOF
 POSTGRES_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
+# The roles' passwords hold URL-special characters on purpose: they travel as Docker secrets.
+RNNTUNE_WORKER_DB_PASSWORD=w@$(python3 -c 'import secrets; print(secrets.token_hex(16))'):/
+RNNTUNE_DASHBOARD_DB_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
 RNNTUNE_POSTGRES_IMAGE=$PG_IMAGE
 RNNTUNE_EXPERIMENT=$EXPERIMENT
 # Big enough that trials last a few seconds: the faults below must land while tuning runs.

@@ -20,6 +20,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna_dashboard import save_note  # type: ignore[import-untyped]
 
 from rnntune.experiment import Experiment
+from rnntune.faults import failpoint
 from rnntune.report import stats
 from rnntune.storage import artifact_store, load_study
 
@@ -52,6 +53,7 @@ def publish(
     for family in exp.config.families:
         study = load_study(storage, exp.config.study_name(family))
         _upload_new(storage, study, store, files)
+        failpoint("export.after_upload")
         fam = report["families"][family]
         # NaN (a family without a finished repeat) is not JSON: the dashboard would choke on it.
         summary = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rnntune.faults import failpoint
 from rnntune.report.render import to_csv, to_json, to_markdown
 
 FORMATS = ("md", "html", "json", "csv")
@@ -79,6 +80,7 @@ def write_all(
         else:
             _atomic_write(path, render(report, fmt))
         paths[fmt] = path
+    failpoint("export.after_write")
     return paths, plots
 
 

@@ -41,6 +41,8 @@ ACTIONS = ("kill", "term", "db-error", "sleep", "error")
 # listed point is called, and the fault matrix exercises each one.
 POINTS: dict[str, str] = {
     # init: schema, experiment row, studies
+    "migrate.before_commit": "rnntune's schema changes are made, in one open transaction; "
+    "not committed yet",
     "init.after_migrate": "rnntune's schema upgraded; the experiment is not registered yet",
     "init.after_studies": "the family studies are created; the experiment row is not written yet",
     # claiming a trial (under the family lock)

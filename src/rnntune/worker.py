@@ -34,6 +34,7 @@ from rnntune.experiment import (
     Experiment,
     find_or_raise_by_name,
     load_data,
+    repeat_splits,
     resolve_policy,
     verify_data,
 )
@@ -299,6 +300,8 @@ class Worker:
         loaded = load_data(cfg, self.data_override)
         verify_data(self.exp, loaded)
         self.splits = loaded.splits
+        self.loaded = loaded
+        self._repeat_split: tuple[int, Any] | None = None  # (repeat, splits) under --resplit
         warm_up(device)
         self._register()
         self._ensure_heartbeat()
@@ -430,7 +433,8 @@ class Worker:
     def _run_job(self, job: evaluation.Job) -> None:
         self._set_task(f"{job.family} repeat {job.repeat}", job_id=job.id)
         try:
-            result = evaluation.run_job(job, self.exp, self.splits, self.runtime, self.should_stop)
+            splits = self._splits_for(job.repeat)
+            result = evaluation.run_job(job, self.exp, splits, self.runtime, self.should_stop)
         except Interrupted:
             self.db_retry(lambda: evaluation.release(self.engine, job, self.worker_id))
             failpoint("repeat.after_release")
@@ -471,12 +475,32 @@ class Worker:
                 f"{job.family} repeat {job.repeat} done: accuracy={m['accuracy']:.4f} "
                 f"macro_f1={m['macro_f1']:.4f}"
             )
+            self._publish_progress(job.family)
         else:
             log.warning(
                 "%s repeat %d was reclaimed by another worker; result dropped",
                 job.family,
                 job.repeat,
             )
+
+    def _splits_for(self, repeat: int) -> Any:
+        """The split of ``repeat``: the fixed one, or (--resplit) its own, kept while the
+        worker stays on that repeat (jobs are claimed repeat by repeat, across families)."""
+        if not self.exp.config.resplit:
+            return self.splits
+        if self._repeat_split is None or self._repeat_split[0] != repeat:
+            self._repeat_split = (repeat, repeat_splits(self.exp.config, self.loaded, repeat))
+        return self._repeat_split[1]
+
+    def _publish_progress(self, family: str) -> None:
+        """The dashboard shows the evaluation as it happens: the family's note and user
+        attributes follow every finished repeat. Informational: a failure is only logged."""
+        from rnntune.publish import publish_repeat_progress
+
+        try:
+            publish_repeat_progress(self.storage, self.exp, family)
+        except Exception as e:  # noqa: BLE001 - the repeat's result is stored either way
+            log.warning("could not update %s's dashboard note: %s", family, str(e).splitlines()[0])
 
     # -- registry ------------------------------------------------------------------------
     def _register(self) -> None:

@@ -101,6 +101,9 @@ def build_report(storage: Any, exp: Experiment, device: str = "cpu") -> dict[str
                 "fingerprint": exp.data_fingerprint,
                 "splits": exp.data_summary.get("splits", {}),
                 "shape": exp.data_summary.get("shape"),
+                # Experiments registered before data could bring its own split: rnntune's split.
+                "split": exp.data_summary.get("split") or _legacy_split(cfg),
+                "labels": exp.data_summary.get("labels"),
             },
             "search_space": cfg.search_space,
             "trials": cfg.trials,
@@ -126,6 +129,18 @@ def build_report(storage: Any, exp: Experiment, device: str = "cpu") -> dict[str
         "comparison": comparison,
         "baselines": references,
         "verdict": stats.verdict(families, comparison, metric=metric, references=references),
+    }
+
+
+def _legacy_split(cfg: Any) -> dict[str, Any]:
+    from rnntune.data import SPLIT_RANDOM, split_source_text
+
+    return {
+        "source": SPLIT_RANDOM,
+        "text": split_source_text(SPLIT_RANDOM, cfg.val_fraction, cfg.test_fraction),
+        "protocol": "fixed",
+        "protocol_text": "fixed split: tuning and every repeat use the split below; its test "
+        "part is never seen by tuning.",
     }
 
 

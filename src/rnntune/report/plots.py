@@ -33,7 +33,7 @@ from rnntune.report.stats import (
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["make_plots", "plot_alt", "plot_pngs"]
+__all__ = ["make_plots", "plot_alt", "plot_pngs", "running_best"]
 
 logger = logging.getLogger(__name__)
 
@@ -157,22 +157,37 @@ def _history(report: Mapping[str, Any], family: str) -> Figure | None:
     if not complete:
         return None
     pruned = [(n, v) for n, v, s in points if s == "pruned"]
-    fig = _new_figure(6.0, 3.6, left=0.13)
+    last = max(int(t["number"]) for t in fam["history"] if t.get("number") is not None)
+    # Room on the right for the legend: outside the axes, it never covers a point.
+    fig = _new_figure(7.6, 3.6, left=0.1, right=0.74)
     ax = fig.subplots()
     xs, ys = zip(*complete, strict=True)
     ax.scatter(xs, ys, s=16, color=_colour(report["families"], family), label="complete trial")
     if pruned:
         px, py = zip(*pruned, strict=True)
         ax.scatter(px, py, s=16, marker="x", color="grey", label="pruned trial")
-    # The objective is a validation metric that is maximised, so the running best is a max.
-    ax.step(xs, np.maximum.accumulate(ys), where="post", color="black", label="running best")
+    bx, by = running_best(complete, last)
+    ax.step(bx, by, where="post", color="black", label="running best")
     objective = (report.get("experiment") or {}).get("objective", "objective")
     ax.set_title(f"{display_family(family)}: optimisation history")
     ax.set_xlabel("trial number")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # no trial 2.5
     ax.set_ylabel(f"validation {display_metric(str(objective))}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small")
     return fig
+
+
+def running_best(complete: list[tuple[int, float]], last: int) -> tuple[list[int], list[float]]:
+    """The running best (a max: the objective is maximised) as step points, from the first
+    complete trial to trial ``last``: a study whose last trials were pruned or failed still
+    shows the best it ended with up to its last trial, not only to its last complete one."""
+    xs = [n for n, _ in complete]
+    best = np.maximum.accumulate([v for _, v in complete]).tolist()
+    if xs and last > xs[-1]:
+        xs.append(last)
+        best.append(best[-1])
+    return xs, best
 
 
 def _importances(report: Mapping[str, Any], family: str) -> Figure | None:

@@ -297,10 +297,14 @@ def _experiment(exp: Mapping[str, Any]) -> list[Block]:
         ("Pruner", exp.get("pruner")),
         ("Seed", exp.get("seed")),
         ("Split seed", exp.get("split_seed")),
+        ("Split", (data.get("split") or {}).get("text")),
+        ("Evaluation protocol", (data.get("split") or {}).get("protocol_text")),
         ("Repeat seeds", ", ".join(str(s) for s in exp.get("repeat_seeds") or []) or None),
         ("Device", exp.get("device")),
         ("Versions", ", ".join(f"{k} {v}" for k, v in versions.items()) or None),
     ]
+    if data.get("labels"):  # how the file's classes became Normal/Abnormal (UCR/UEA data)
+        rows.insert(6, ("Classes", data["labels"]))
     if exp.get("retry_limits"):  # reports written before the limits were recorded lack them
         rows.append(
             ("Heartbeat / grace period", f"{exp.get('heartbeat_interval')} s / "

@@ -12,12 +12,16 @@ import torch
 from torch import nn
 
 from rnntune.exceptions import ConfigError
+from rnntune.fastrnn import FastGRU, FastRNN
 
 __all__ = ["FAMILIES", "ModelConfig", "RecurrentClassifier"]
 
 FAMILIES = ("rnn", "gru", "lstm")
 
-_CELLS: dict[str, Callable[..., nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+# GRU and RNN: torch's modules with a hand-written CPU kernel (rnntune.fastrnn): the same
+# parameters, initialisation and state dicts, 2-5x faster training on the CPU; on CUDA they
+# are cuDNN's. torch already fuses LSTM on the CPU (oneDNN).
+_CELLS: dict[str, Callable[..., nn.RNNBase]] = {"rnn": FastRNN, "gru": FastGRU, "lstm": nn.LSTM}
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,11 @@ class ModelConfig:
 
 
 class RecurrentClassifier(nn.Module):
-    """``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` over the sequence, a linear head on the last step."""
+    """``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` over the sequence, a linear head on the last step.
+
+    The RNN and GRU are :class:`~rnntune.fastrnn.FastRNN` / :class:`~rnntune.fastrnn.FastGRU`:
+    subclasses of torch's with the same state dict, faster on the CPU.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

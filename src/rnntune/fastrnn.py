@@ -57,7 +57,8 @@ _pool_lock = threading.Lock()
 
 
 def _take(cls: type, T: int, B: int, H: int, like: torch.Tensor) -> Any:
-    key = (cls, T, B, H, like.dtype, like.device)
+    # Buffers made in inference mode are inference tensors: kept apart from the others.
+    key = (cls, T, B, H, like.dtype, like.device, torch.is_inference_mode_enabled())
     with _pool_lock:
         free = _pool.get(key)
         if free:
@@ -140,6 +141,7 @@ class _GRUBuffers:
         self.dh = torch.empty(T + 1, H, B, **new)  # dL/dh_0 .. dL/dh_T
         self.dg = torch.empty(3 * H, T, B, **new)  # d(W_hh h + b_hh) / k per step
         self.dgn = torch.empty(H, T, B, **new)  # d(W_in x + b_in) / 4
+        self.h_half = torch.empty(H, T, B, **new)  # h_0 .. h_{T-1}, halved
         self.coef_t = _steps(self.coef.view(T, 3, H, B), 0)
         self.dg3_t = _steps(self.dg.view(3, H, T, B), 2)
         self.dg_t = _steps(self.dg, 1)
@@ -236,12 +238,12 @@ class _GRUFunction(torch.autograd.Function):
             torch.mul(coef_t[t], dh_t[t + 1], out=dg3_t[t])  # (3, H, B) * (H, B)
             dh_t[t].addcmul_(z_t[t], dh_t[t + 1]).addmm_(w_k, dg_t[t])
 
-        # Weight gradients, one matmul each over all T * B columns; with h = 2u - 1,
-        # sum_t d(gh) h^T = k (2 dg u^T - dg 1 1^T).
+        # Weight gradients, one matmul each over all T * B columns: sum_t d(gh) h^T with
+        # h / 2 = u - 0.5 formed first (2 dg u^T - dg 1 1^T would cancel where h ~ 0).
         dg2 = dg.view(3 * H, T * B)
-        dg_sum = dg2.sum(1, keepdim=True)  # (3H, 1)
-        d_w_hh = dg2.mm(u[:, :T].reshape(H, T * B).t()).mul_(2.0).sub_(dg_sum).mul_(k)
-        d_b_hh = (dg_sum * k).squeeze(1)
+        h_half = torch.sub(u[:, :T], 0.5, out=ws.h_half).view(H, T * B)
+        d_w_hh = dg2.mm(h_half.t()).mul_(2.0 * k)
+        d_b_hh = dg2.sum(1).mul_(k.squeeze(1))
         # The input side: d(gi) is d(gh) in the r and z rows, 4 a dh in the n rows.
         dgn = ws.dgn
         torch.mul(a, dh[1:], out=dgn.transpose(0, 1))
@@ -299,6 +301,7 @@ class _RNNBuffers:
         self.act = torch.empty(H, T1 - 1, B, **new)  # the activation's derivative / k
         self.dpre = torch.empty(H, T1 - 1, B, **new)  # d(pre-activation) / k
         self.dh = torch.empty(H, T1, B, **new)  # dL/dh_0 .. dL/dh_T
+        self.h_half = torch.empty(H, T1 - 1, B, **new)  # h_0 .. h_{T-1}, halved (tanh)
         self.act_t, self.dpre_t, self.dh_t = (
             _steps(self.act, 1), _steps(self.dpre, 1), _steps(self.dh, 1)
         )  # fmt: skip
@@ -369,13 +372,12 @@ class _RNNFunction(torch.autograd.Function):
             torch.mul(act_t[t], dh_t[t + 1], out=dpre_t[t])
             dh_t[t].addmm_(w_k, dpre_t[t])
         d2, x2 = dpre.view(H, T * B), x.reshape(F_, T * B)
-        d_sum = d2.sum(1)
-        h2 = u[:, :T].reshape(H, T * B)
         if ctx.relu:
-            d_w_hh = d2.mm(h2.t())
-        else:  # h = 2u - 1
-            d_w_hh = d2.mm(h2.t()).mul_(2.0).sub_(d_sum[:, None]).mul_(k)
-        db = d_sum.mul_(k)
+            d_w_hh = d2.mm(u[:, :T].reshape(H, T * B).t())
+        else:  # h / 2 = u - 0.5, formed first (see the GRU's backward)
+            h_half = torch.sub(u[:, :T], 0.5, out=ws.h_half).view(H, T * B)
+            d_w_hh = d2.mm(h_half.t()).mul_(2.0 * k)
+        db = d2.sum(1).mul_(k)
         dx = (w_ih * k).t().mm(d2).view(F_, T, B) if ctx.needs_input_grad[0] else None
         dh0 = dh[:, 0].clone() if ctx.needs_input_grad[1] else None
         return dx, dh0, d2.mm(x2.t()).mul_(k), d_w_hh, db, db.clone(), None

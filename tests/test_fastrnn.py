@@ -239,7 +239,7 @@ def test_reused_workspaces_change_nothing(kind: str) -> None:
     fast, _ = _pair(kind, 2, 6, batch_first=True)
     x = torch.randn(4, 9, 2)
     weights = torch.randn(4, 9, 6)
-    fastrnn._pool.clear()
+    fastrnn._clear_pool()
     first = _run(fast, x, None, weights)  # fresh buffers
     again = _run(fast, x, None, weights)  # reused ones
     for a, b in zip([first[0], first[1], *first[2]], [again[0], again[1], *again[2]], strict=True):
@@ -258,11 +258,31 @@ def test_reused_workspaces_change_nothing(kind: str) -> None:
         assert torch.equal(g, want) and torch.equal(g2, want)
 
 
+def test_kept_workspaces_are_bounded() -> None:
+    fastrnn._clear_pool()
+    fast, _ = _pair("gru", 1, 64, batch_first=True)
+    for batch in range(1, 40):  # 39 shapes, each kept after its graph is freed
+        fast(torch.randn(batch, 140, 1))[0].sum().backward()
+    assert 0 < fastrnn._pool_bytes <= fastrnn._KEEP_BYTES
+    kept = sum(ws.nbytes() for free in fastrnn._pool.values() for ws in free)
+    assert kept == fastrnn._pool_bytes
+
+
+def test_double_backward_is_refused_clearly() -> None:
+    fast, _ = _pair("gru", 2, 3, batch_first=True)
+    x = torch.randn(2, 4, 2, requires_grad=True)
+    (g,) = torch.autograd.grad(fast(x)[0].sum(), x, create_graph=True)
+    # The gradient is not itself differentiable through the kernel: an error, never a
+    # silently wrong second derivative.
+    with pytest.raises(RuntimeError, match="does not require grad|once_differentiable"):
+        g.sum().backward()
+
+
 @pytest.mark.parametrize("kind", ["gru", "rnn"])
-def test_inference_mode_no_grad_and_training_share_nothing_that_breaks(kind: str) -> None:
+def test_inference_mode_no_grad_and_training_agree(kind: str) -> None:
     fast, _ = _pair(kind, 2, 6, batch_first=True)
     x = torch.randn(5, 7, 2)
-    fastrnn._pool.clear()
+    fastrnn._clear_pool()
     # Inference mode first (validation before any training, in a fresh process): its
     # buffers are inference tensors, which training must not be handed.
     with torch.inference_mode():
@@ -273,7 +293,10 @@ def test_inference_mode_no_grad_and_training_share_nothing_that_breaks(kind: str
         c = fast(x)[0]
     with torch.inference_mode():
         d = fast(x)[0]
-    assert torch.equal(a, b.detach()) and torch.equal(a, c) and torch.equal(a, d)
+    # Without grad torch's own loop runs (lean for large validation batches): the same
+    # function within fp32 rounding.
+    assert torch.equal(a, c) and torch.equal(a, d)
+    assert _rel(b, a) < 1e-5
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,7 +343,7 @@ def test_resume_is_bit_identical(
         fit(
             model, config, *small, checkpoint_path=ckpt, on_epoch=on_epoch, should_stop=lambda: stop
         )
-    fastrnn._pool.clear()  # as in a fresh process: no workspace survives
+    fastrnn._clear_pool()  # as in a fresh process: no workspace survives
     resumed = fit(model, config, *small, checkpoint_path=ckpt)
     assert resumed.resumed_from_epoch == 2 and _history(resumed) == _history(straight)
     end_a = torch.load(tmp_path / "straight.pt", weights_only=True)["model"]

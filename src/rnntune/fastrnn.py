@@ -18,10 +18,11 @@ These layers keep the arithmetic and cut the overhead (issue 10, part 2):
 
 :class:`FastGRU` and :class:`FastRNN` *are* ``nn.GRU`` / ``nn.RNN`` (subclasses): the same
 parameters, names, shapes, initialisation and RNG use, so a state dict loads into either and
-the same seed gives the same initial weights. They take the fast path for CPU tensors of
-float32/float64 (unidirectional, with biases, no projections, no ``PackedSequence``) and
-defer to torch otherwise, so on CUDA cuDNN's kernels run as before and a model moved between
-devices keeps working. Dropout between stacked layers draws the same mask as torch's.
+the same seed gives the same initial weights. They take the fast path when training on the
+CPU (grad enabled; float32/float64; unidirectional, with biases, no projections, no
+``PackedSequence``) and defer to torch otherwise: on CUDA cuDNN's kernels run as before, a
+model moved between devices keeps working, and validation and prediction (no grad, large
+batches) run torch's lean loop. Dropout between stacked layers draws the same mask as torch's.
 
 Pure torch: no I/O.
 """
@@ -34,6 +35,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 __all__ = ["FastGRU", "FastRNN", "gru_layer", "rnn_layer"]
 
@@ -51,29 +53,47 @@ _FAST_DTYPES = (torch.float32, torch.float64)
 # workspaces per layer: the previous batch's graph lives until its loss is reassigned.
 
 _KEEP_PER_SHAPE = 4  # two alternating per layer, for up to two layers of one shape
-_KEEP_SHAPES = 8
+_KEEP_BYTES = 256 * 2**20  # at most this much kept (one workspace at T=140, H=B=64: 37 MB)
 _pool: OrderedDict[tuple[Any, ...], list[Any]] = OrderedDict()
 _pool_lock = threading.Lock()
+_pool_bytes = 0
 
 
 def _take(cls: type, T: int, B: int, H: int, like: torch.Tensor) -> Any:
+    global _pool_bytes
     # Buffers made in inference mode are inference tensors: kept apart from the others.
     key = (cls, T, B, H, like.dtype, like.device, torch.is_inference_mode_enabled())
     with _pool_lock:
         free = _pool.get(key)
         if free:
-            return free.pop()
+            ws = free.pop()
+            _pool_bytes -= ws.nbytes()
+            return ws
     return cls(key, T, B, H, like)
 
 
 def _give(ws: Any) -> None:
+    global _pool_bytes
     with _pool_lock:
         free = _pool.setdefault(ws.key, [])
         _pool.move_to_end(ws.key)
         if len(free) < _KEEP_PER_SHAPE:
             free.append(ws)
-        while len(_pool) > _KEEP_SHAPES:
-            _pool.popitem(last=False)
+            _pool_bytes += ws.nbytes()
+        while _pool_bytes > _KEEP_BYTES:  # the least recently used shapes go first
+            key, oldest = next(iter(_pool.items()))
+            if oldest:
+                _pool_bytes -= oldest.pop(0).nbytes()
+            else:
+                del _pool[key]
+
+
+def _clear_pool() -> None:
+    """Drop every kept workspace (tests: as in a fresh process)."""
+    global _pool_bytes
+    with _pool_lock:
+        _pool.clear()
+        _pool_bytes = 0
 
 
 class _Lease:
@@ -128,6 +148,9 @@ class _GRUBuffers:
         self.gn_t = _steps(self.pre[:, 2 * H :], 0)
         # Backward, made at the first backward.
         self.coef: torch.Tensor | None = None
+
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in vars(self).values() if isinstance(v, torch.Tensor))
 
     def backward_buffers(self) -> None:
         if self.coef is not None:
@@ -202,6 +225,7 @@ class _GRUFunction(torch.autograd.Function):
         return out, out[:, T - 1].clone()
 
     @staticmethod
+    @once_differentiable
     def backward(  # type: ignore[override]
         ctx: Any, grad_out: torch.Tensor, grad_hT: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
@@ -293,6 +317,9 @@ class _RNNBuffers:
         self.u_t = _steps(self.u, 1)
         self.act: torch.Tensor | None = None
 
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in vars(self).values() if isinstance(v, torch.Tensor))
+
     def backward_buffers(self) -> None:
         if self.act is not None:
             return
@@ -346,6 +373,7 @@ class _RNNFunction(torch.autograd.Function):
         return out, out[:, T - 1].clone()
 
     @staticmethod
+    @once_differentiable
     def backward(  # type: ignore[override]
         ctx: Any, grad_out: torch.Tensor, grad_hT: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
@@ -406,7 +434,11 @@ def rnn_layer(
 
 def _fast_path_applies(module: nn.RNNBase, x: Any, hx: Any) -> bool:
     return (
-        isinstance(x, torch.Tensor)  # not a PackedSequence
+        # Without grad there is no backward to speed up, and validation batches are large
+        # (4096): torch's own loop is as fast there, and lean (it keeps one step's gates,
+        # where the kernel keeps all of them for backward: 0.7 GB at T=140, H=64, B=4096).
+        torch.is_grad_enabled()
+        and isinstance(x, torch.Tensor)  # not a PackedSequence
         and x.dim() == 3  # batched
         and x.device.type == "cpu"
         and x.dtype in _FAST_DTYPES

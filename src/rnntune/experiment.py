@@ -15,10 +15,12 @@ from sqlalchemy.engine import Engine
 from rnntune import data as data_mod
 from rnntune.config import ExperimentConfig, build
 from rnntune.exceptions import (
+    ConfigError,
     ExperimentMismatchError,
     ExperimentNotFoundError,
     FingerprintMismatchError,
 )
+from rnntune.faults import failpoint
 from rnntune.storage import (
     ExperimentRow,
     exclusive,
@@ -28,6 +30,48 @@ from rnntune.storage import (
 )
 
 log = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT_INTERVAL = 5
+DEFAULT_GRACE_PERIOD = 30
+
+
+def check_policy(
+    heartbeat_interval: int | None, grace_period: int | None
+) -> tuple[int | None, int | None]:
+    """Validate the heartbeat settings a process was given (None: not given)."""
+    if heartbeat_interval is not None and heartbeat_interval < 1:
+        raise ConfigError("--heartbeat-interval must be at least 1 second")
+    if grace_period is not None and grace_period < 1:
+        raise ConfigError("--grace-period must be at least 1 second")
+    hb = heartbeat_interval or DEFAULT_HEARTBEAT_INTERVAL
+    grace = grace_period or DEFAULT_GRACE_PERIOD
+    if (heartbeat_interval is not None or grace_period is not None) and grace <= hb:
+        raise ConfigError(
+            f"--grace-period ({grace}s) must exceed --heartbeat-interval ({hb}s), or live "
+            "trials would be failed as stale"
+        )
+    return heartbeat_interval, grace_period
+
+
+def resolve_policy(
+    exp: Experiment, heartbeat_interval: int | None, grace_period: int | None
+) -> tuple[int, int]:
+    """The experiment's heartbeat interval and grace period; refuse settings that contradict it.
+
+    Every worker judges the others' work stale by the same grace period, so it is part of the
+    experiment: a process that was not given the settings takes the stored ones.
+    """
+    given = {"--heartbeat-interval": heartbeat_interval, "--grace-period": grace_period}
+    stored = {"--heartbeat-interval": exp.heartbeat_interval, "--grace-period": exp.grace_period}
+    wrong = [f"{k} {v}" for k, v in given.items() if v is not None and v != stored[k]]
+    if wrong:
+        raise ExperimentMismatchError(
+            f"experiment {exp.name!r} runs with --heartbeat-interval {exp.heartbeat_interval} "
+            f"and --grace-period {exp.grace_period} (stored at init), this process was given "
+            f"{' and '.join(wrong)}: drop the option (and RNNTUNE_HEARTBEAT_INTERVAL / "
+            "RNNTUNE_GRACE_PERIOD) to use the experiment's"
+        )
+    return exp.heartbeat_interval, exp.grace_period
 
 
 @dataclass(frozen=True)
@@ -39,6 +83,9 @@ class Experiment:
     created_at: datetime
     finished_at: datetime | None
     report_path: str | None
+    # The liveness policy every worker of this experiment follows (stored at init).
+    heartbeat_interval: int = DEFAULT_HEARTBEAT_INTERVAL
+    grace_period: int = DEFAULT_GRACE_PERIOD
 
     @property
     def name(self) -> str:
@@ -54,6 +101,8 @@ class Experiment:
             created_at=row.created_at,
             finished_at=row.finished_at,
             report_path=row.report_path,
+            heartbeat_interval=row.heartbeat_interval,
+            grace_period=row.grace_period,
         )
 
 
@@ -62,6 +111,9 @@ class LoadedData:
     splits: data_mod.Splits
     fingerprint: str
     shape: tuple[int, ...]
+    labels_note: str | None = None
+    # Kept only with --resplit: the repeats draw their own splits from it.
+    dataset: data_mod.Dataset | None = None
 
 
 def load_data(cfg: ExperimentConfig, spec_override: str | None = None) -> LoadedData:
@@ -71,7 +123,58 @@ def load_data(cfg: ExperimentConfig, spec_override: str | None = None) -> Loaded
     splits = data_mod.split_dataset(
         ds, seed=cfg.split_seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction
     )
-    return LoadedData(splits=splits, fingerprint=fp, shape=tuple(ds.X.shape))
+    return LoadedData(
+        splits=splits,
+        fingerprint=fp,
+        shape=tuple(ds.X.shape),
+        labels_note=ds.labels_note,
+        dataset=ds if cfg.resplit else None,
+    )
+
+
+def repeat_splits(cfg: ExperimentConfig, loaded: LoadedData, repeat: int) -> data_mod.Splits:
+    """The split evaluation repeat ``repeat`` trains and tests on.
+
+    The fixed split (tuning's) by default; with ``resplit``, split *repeat*, drawn with
+    :meth:`ExperimentConfig.resplit_seed` - the same for every family, so repeats stay paired.
+    """
+    if not cfg.resplit:
+        return loaded.splits
+    assert loaded.dataset is not None, "load_data keeps the dataset when resplit is on"
+    return data_mod.resplit_dataset(
+        loaded.dataset,
+        seed=cfg.resplit_seed(repeat),
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+    )
+
+
+def split_summary(cfg: ExperimentConfig, splits: data_mod.Splits) -> dict[str, Any]:
+    """Where the split came from and the evaluation protocol, as the report states them."""
+    if cfg.resplit:
+        pooled = (
+            " The file's own parts are pooled and redrawn with their sizes."
+            if splits.source in (data_mod.SPLIT_GIVEN, data_mod.SPLIT_GIVEN_CARVED)
+            else ""
+        )
+        protocol = (
+            f"re-split per repeat (--resplit): repeat i trains and tests on split i, drawn "
+            f"stratified with seed {cfg.resplit_seed(0)} + i (the same for every family, so "
+            "repeats stay paired). Tuning used the fixed split below, so a re-split test part "
+            "may hold sequences that tuning trained or validated on; the spread includes the "
+            f"luck of the split.{pooled}"
+        )
+    else:
+        protocol = (
+            "fixed split: tuning and every repeat use the split below; its test part is never "
+            "seen by tuning."
+        )
+    return {
+        "source": splits.source,
+        "text": data_mod.split_source_text(splits.source, cfg.val_fraction, cfg.test_fraction),
+        "protocol": "resplit" if cfg.resplit else "fixed",
+        "protocol_text": protocol,
+    }
 
 
 def find_by_name(engine: Engine, name: str) -> Experiment | None:
@@ -103,14 +206,23 @@ def verify_data(exp: Experiment, loaded: LoadedData) -> None:
 
 
 def register(
-    storage: RDBStorage, explicit: dict[str, Any], data_override: str | None = None
+    storage: RDBStorage,
+    explicit: dict[str, Any],
+    data_override: str | None = None,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
 ) -> tuple[Experiment, bool]:
     """Create the experiment (schema, row, one study per family) or check it against ``explicit``.
 
     Idempotent and safe to run from several processes at once. Returns (experiment, created).
+    The heartbeat interval and grace period are stored with a new experiment (defaults 5 / 30 s)
+    and checked against an existing one. On an existing experiment, a family that gave up is
+    given another chance (its errors so far are forgiven): a rerun can finish it.
     """
+    check_policy(heartbeat_interval, grace_period)
     engine = storage.engine
     upgrade(engine)
+    failpoint("init.after_migrate")
     name = explicit.get("name") or "default"
     with exclusive(engine, f"rnntune:experiment:{name}"):
         existing = find_by_name(engine, name)
@@ -122,18 +234,26 @@ def register(
                     f"({_diff(existing.config, merged)}): use a new --experiment name, or drop "
                     "the differing options to resume it as it was"
                 )
+            resolve_policy(existing, heartbeat_interval, grace_period)
             loaded = load_data(existing.config, data_override)
             verify_data(existing, loaded)
+            _check_studies(storage, existing.config)
             _create_studies(storage, existing.config)
+            _forgive_given_up(storage, existing.config)
             return existing, False
         cfg = build(explicit)
+        _check_studies(storage, cfg)
         loaded = load_data(cfg, data_override)
         _create_studies(storage, cfg)
+        failpoint("init.after_studies")
         summary = {
             "spec": cfg.data,
             "shape": list(loaded.shape),
             "splits": loaded.splits.describe(),
+            "split": split_summary(cfg, loaded.splits),
         }
+        if loaded.labels_note:
+            summary["labels"] = loaded.labels_note
         with session_scope(engine) as s:
             row = ExperimentRow(
                 name=cfg.name,
@@ -142,12 +262,45 @@ def register(
                 data_spec=cfg.data,
                 data_fingerprint=loaded.fingerprint,
                 data_summary=summary,
+                heartbeat_interval=heartbeat_interval or DEFAULT_HEARTBEAT_INTERVAL,
+                grace_period=grace_period or DEFAULT_GRACE_PERIOD,
             )
             s.add(row)
             s.flush()
             exp = Experiment.from_row(row)
         log.info("registered experiment %s (%s)", cfg.name, loaded.fingerprint[:19])
         return exp, True
+
+
+def _check_studies(storage: RDBStorage, cfg: ExperimentConfig) -> None:
+    """Refuse to adopt a study of the same name that this experiment did not create.
+
+    ``create_study(load_if_exists=True)`` would take any study called ``<name>.<family>``: its
+    trials would count toward the budget, and a ``minimize`` study's best trial is the worst
+    configuration. An empty study without rnntune's attributes is our own half-made one (a
+    crash between creating it and tagging it), and is adopted.
+    """
+    for family in cfg.families:
+        name = cfg.study_name(family)
+        try:
+            study_id = storage.get_study_id_from_name(name)
+        except KeyError:
+            continue
+        owner = storage.get_study_user_attrs(study_id).get("rnntune_experiment")
+        directions = storage.get_study_directions(study_id)
+        problem = None
+        if directions != [optuna.study.StudyDirection.MAXIMIZE]:
+            problem = f"its direction is {', '.join(d.name.lower() for d in directions)}"
+        elif owner is not None and owner != cfg.name:
+            problem = f"it belongs to rnntune experiment {owner!r}"
+        elif owner is None and storage.get_all_trials(study_id, deepcopy=False):
+            problem = "it has trials but was not created by rnntune"
+        if problem:
+            raise ExperimentMismatchError(
+                f"a study named {name!r} already exists in {mask_url(str(storage.engine.url))} "
+                f"and {problem}; nothing was changed: use a new --experiment name (or delete "
+                "that study if it is yours to delete)"
+            )
 
 
 def _create_studies(storage: RDBStorage, cfg: ExperimentConfig) -> None:
@@ -169,6 +322,23 @@ def _create_studies(storage: RDBStorage, cfg: ExperimentConfig) -> None:
             study.set_user_attr("search_space", cfg.search_space)
 
 
+def _forgive_given_up(storage: RDBStorage, cfg: ExperimentConfig) -> None:
+    from rnntune import state
+
+    for family in cfg.families:
+        study = optuna.load_study(study_name=cfg.study_name(family), storage=storage)
+        counts = state.count_trials(study)
+        if state.tuning_state(cfg.trials, counts) == state.GAVE_UP:
+            storage.set_study_system_attr(study._study_id, state.FORGIVEN_ATTR, counts.errors)
+            log.warning(
+                "%s gave up after %d trial errors at %d/%d finished trials; trying again",
+                study.study_name,
+                counts.counted_errors,
+                counts.finished,
+                cfg.trials,
+            )
+
+
 def mark_finished(engine: Engine, exp: Experiment, report_path: str) -> None:
     from rnntune.storage import utcnow
 
@@ -178,6 +348,15 @@ def mark_finished(engine: Engine, exp: Experiment, report_path: str) -> None:
         if row.finished_at is None:
             row.finished_at = utcnow()
         row.report_path = report_path
+
+
+def store_reference_points(engine: Engine, exp: Experiment, points: dict[str, Any]) -> None:
+    """Keep the report's reference points (``rnntune.baselines``) with the experiment's data
+    summary: they depend on the split only, so they are computed once, by the final job."""
+    with session_scope(engine) as s:
+        row = s.get(ExperimentRow, exp.id)
+        assert row is not None
+        row.data_summary = {**(row.data_summary or {}), "baselines": points}
 
 
 def _diff(a: ExperimentConfig, b: ExperimentConfig) -> str:

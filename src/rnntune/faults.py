@@ -41,25 +41,31 @@ ACTIONS = ("kill", "term", "db-error", "sleep", "error")
 # listed point is called, and the fault matrix exercises each one.
 POINTS: dict[str, str] = {
     # init: schema, experiment row, studies
+    "migrate.before_commit": "rnntune's schema changes are made, in one open transaction; "
+    "not committed yet",
     "init.after_migrate": "rnntune's schema upgraded; the experiment is not registered yet",
-    "init.after_experiment": "the experiment row is written; its studies are not all created yet",
+    "init.after_studies": "the family studies are created; the experiment row is not written yet",
     # claiming a trial (under the family lock)
-    "claim.after_stale_fail": "a stale trial is FAIL; its retry is not enqueued yet",
-    "claim.after_ask": "a trial is RUNNING (new or a popped retry); not yet owned or heartbeated",
-    "claim.after_tag": "the trial is owned and heartbeated; the lock is not released yet",
+    "claim.after_stale_fail": "a stale or orphaned trial is FAIL (retry owed); retry not enqueued",
+    "claim.after_ask": "a trial is RUNNING (new or a popped retry); not yet heartbeated or owned",
+    "claim.after_heartbeat": "the claimed trial has its first heartbeat; it is not owned yet",
+    "claim.after_tag": "the trial is heartbeated and owned; the lock is not released yet",
     # training a trial
     "trial.after_checkpoint": "an epoch's checkpoint is on disk; the epoch is not reported yet",
     "trial.after_report": "the epoch is reported; the pruning decision is not made yet",
     "tell.before": "training ended and its attributes are written; the trial is not told yet",
     "tell.after": "the trial is told (finished); its checkpoint is not removed yet",
-    "handback.after_fail": "SIGTERM: the trial is FAIL; its retry is not enqueued yet",
+    "handback.after_fail": "SIGTERM or worker fault: the trial is FAIL (retry owed); not enqueued",
     # evaluation repeats
     "repeat.after_create": "the family's repeat rows are created; none is claimed yet",
     "repeat.after_claim": "a repeat is claimed (running); training has not started",
     "repeat.after_checkpoint": "a repeat's epoch checkpoint is on disk; the next epoch not begun",
     "repeat.before_complete": "a repeat is trained and tested; its result is not written yet",
     "repeat.after_complete": "a repeat's result is written; its checkpoint is not removed yet",
-    "repeat.after_release": "a repeat is handed back (pending) after SIGTERM or an error",
+    "repeat.after_release": "a repeat is handed back (pending) after SIGTERM, an error or a fault",
+    # evaluation repeats trained as one ensemble (a group of one family's repeats)
+    "group.after_claim": "a group of repeats is claimed (running, one transaction); no training",
+    "group.after_checkpoint": "every member's epoch checkpoint is on disk; next epoch not begun",
     # the final job's export
     "export.after_write": "the report files are written; nothing is uploaded to the studies yet",
     "export.after_upload": "the report is uploaded as artifacts; notes and attributes not yet",

@@ -14,9 +14,11 @@ from torch import nn
 from rnntune.exceptions import ConfigError
 from rnntune.fastrnn import FastGRU, FastRNN
 
-__all__ = ["FAMILIES", "ModelConfig", "RecurrentClassifier"]
+__all__ = ["FAMILIES", "READOUTS", "ModelConfig", "RecurrentClassifier"]
 
 FAMILIES = ("rnn", "gru", "lstm")
+# What the head reads: the top layer's last step, or its mean over time (long sequences).
+READOUTS = ("last", "mean")
 
 # GRU and RNN: torch's modules with a hand-written CPU kernel (rnntune.fastrnn): the same
 # parameters, initialisation and state dicts, 2-5x faster training on the CPU; on CUDA they
@@ -34,10 +36,13 @@ class ModelConfig:
     num_layers: int = 1
     dropout: float = 0.0
     num_classes: int = 2
+    readout: str = "last"
 
     def __post_init__(self) -> None:
         if self.cell not in FAMILIES:
             raise ConfigError(f"unknown cell {self.cell!r}; use one of {', '.join(FAMILIES)}")
+        if self.readout not in READOUTS:
+            raise ConfigError(f"unknown readout {self.readout!r}; use one of {', '.join(READOUTS)}")
         for name in ("input_size", "hidden_size", "num_layers", "num_classes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -47,7 +52,8 @@ class ModelConfig:
 
 
 class RecurrentClassifier(nn.Module):
-    """``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` over the sequence, a linear head on the last step.
+    """``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` over the sequence, a linear head on the last step
+    (or, with ``readout="mean"``, on the mean over all steps).
 
     The RNN and GRU are :class:`~rnntune.fastrnn.FastRNN` / :class:`~rnntune.fastrnn.FastGRU`:
     subclasses of torch's with the same state dict, faster on the CPU.
@@ -68,5 +74,6 @@ class RecurrentClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes)`` for sequences ``x`` of shape ``(B, T, F)``."""
-        h = self.rnn(x)[0][:, -1]  # (B, H): last time step of the top layer
+        out = self.rnn(x)[0]  # (B, T, H): the top layer at every step
+        h = out[:, -1] if self.config.readout == "last" else out.mean(dim=1)  # (B, H)
         return self.head(h)  # (B, C)

@@ -18,6 +18,7 @@ import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
@@ -26,14 +27,22 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from rnntune import evaluation, tuning
+from rnntune import evaluation, state, tuning
 from rnntune.config import Runtime
-from rnntune.exceptions import Interrupted, StorageError
-from rnntune.experiment import Experiment, find_or_raise_by_name, load_data, verify_data
+from rnntune.exceptions import Interrupted, StorageError, WorkerFaultError
+from rnntune.experiment import (
+    Experiment,
+    find_or_raise_by_name,
+    load_data,
+    repeat_splits,
+    resolve_policy,
+    verify_data,
+)
+from rnntune.faults import failpoint
 from rnntune.storage import (
-    MAX_RETRY,
     WorkerRow,
     check_schema,
+    db_now,
     load_study,
     mask_url,
     open_optuna_storage,
@@ -47,6 +56,40 @@ T = TypeVar("T")
 
 # Errors that mean "the database is away": wait and retry instead of failing work.
 TRANSIENT = (OperationalError, StorageInternalError, StorageError, PoolTimeoutError)
+
+
+def boot_id() -> str | None:
+    """The running kernel's boot id, or None where there is no /proc (macOS)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def pid_namespace() -> int | None:
+    """This process's PID namespace (the inode of /proc/self/ns/pid), or None."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def check_artifacts_writable(path: str) -> None:
+    """Fail fast, with the fix, when this worker could not write a checkpoint."""
+    probe = Path(path) / "checkpoints" / f".rnntune-write-test.{os.getpid()}"
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"rnntune")
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as e:
+        raise WorkerFaultError(
+            f"cannot write to the artifact directory {path} ({e.strerror or e}): pass --artifacts "
+            "DIR (RNNTUNE_ARTIFACTS), a writable directory with free space shared by all workers"
+        ) from e
 
 
 def process_token(pid: int | str = "self") -> str | None:
@@ -106,10 +149,15 @@ class Worker:
         self.hostname = socket.gethostname()
         self.pid = os.getpid()
         self.worker_id = f"{self.hostname}:{self.pid}:{uuid.uuid4().hex[:6]}"
+        self.boot_id = boot_id()
+        self.pid_namespace = pid_namespace()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._current_trial: int | None = None
-        self._current_job: int | None = None
+        self._current_jobs: list[int] = []
+        # Families whose ensemble raised here: their repeats are trained one at a time by this
+        # worker from then on, so the error is charged to the repeat that raises it.
+        self._solo_families: set[str] = set()
         self._task = "starting"
         self._hb_thread: threading.Thread | None = None
         self._hb_stop = threading.Event()
@@ -176,17 +224,17 @@ class Worker:
 
     def _beat(self) -> None:
         with self._lock:
-            trial_id, job_id, task = self._current_trial, self._current_job, self._task
+            trial_id, job_ids, task = self._current_trial, list(self._current_jobs), self._task
         if trial_id is not None:
             self.storage.record_heartbeat(trial_id)
-        if job_id is not None:
-            evaluation.heartbeat(self.engine, job_id, self.worker_id)
+        if job_ids:
+            evaluation.heartbeat(self.engine, job_ids, self.worker_id)
         with session_scope(self.engine) as s:
             s.execute(
                 update(WorkerRow)
                 .where(WorkerRow.id == self.worker_id)
                 .values(
-                    heartbeat_at=utcnow(),
+                    heartbeat_at=db_now(),
                     status="stopping" if self._stop.is_set() else "running",
                     task=task,
                     trials_done=self._summary.trials,
@@ -201,28 +249,41 @@ class Worker:
             )
             self._hb_thread.start()
 
-    def _set_task(self, task: str, trial_id: int | None = None, job_id: int | None = None) -> None:
+    def _set_task(
+        self, task: str, trial_id: int | None = None, job_ids: list[int] | None = None
+    ) -> None:
         with self._lock:
-            self._task, self._current_trial, self._current_job = task, trial_id, job_id
+            self._task, self._current_trial = task, trial_id
+            self._current_jobs = list(job_ids or [])
+
+    def _drop_job(self, job_id: int) -> None:
+        """A member of this worker's group is finished: stop heartbeating it."""
+        with self._lock:
+            self._current_jobs = [j for j in self._current_jobs if j != job_id]
 
     # -- liveness of other workers ---------------------------------------------------------
     def dead_workers(self) -> set[str]:
-        """Workers on this host whose process is gone: their claims need no grace period."""
+        """Workers known dead at once, whose claims need not wait out the grace period.
+
+        Only a fast path: a worker is judged dead by its missed heartbeats, on the database
+        clock (rnntune.state). Its pid says something only to a reader on the same kernel
+        (boot id) and in the same PID namespace (a hostname says nothing: containers with
+        --network host share the host's); anywhere else, or without /proc, nobody is judged.
+        """
+        if self.boot_id is None or self.pid_namespace is None:
+            return set()
         with session_scope(self.engine) as s:
             rows = s.execute(
                 select(WorkerRow.id, WorkerRow.pid, WorkerRow.process_token).where(
                     WorkerRow.experiment_id == self.exp.id,
-                    WorkerRow.hostname == self.hostname,
+                    WorkerRow.boot_id == self.boot_id,
+                    WorkerRow.pid_namespace == self.pid_namespace,
                     WorkerRow.id != self.worker_id,
                     # A worker that stopped cleanly handed its claims back; skip it.
                     WorkerRow.status.in_(("starting", "running", "stopping")),
                 )
             ).all()
-        dead = set()
-        for wid, pid, token in rows:
-            if token and process_token(pid) != token:
-                dead.add(wid)
-        return dead
+        return {wid for wid, pid, token in rows if token and process_token(pid) != token}
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> WorkerSummary:
@@ -230,27 +291,28 @@ class Worker:
         # We drive trials with ask/tell and run our own supervised heartbeat (see _beat), which
         # is exactly what this warning asks for.
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-        self.storage = self.db_retry(
-            lambda: open_optuna_storage(
-                self.storage_url,
-                read_only=True,
-                heartbeat_interval=rt.heartbeat_interval,
-                grace_period=rt.grace_period,
-            )
-        )
+        # No Optuna heartbeat settings: rnntune records heartbeats itself and judges staleness
+        # with the experiment's grace period on the database clock (rnntune.state).
+        self.storage = self.db_retry(lambda: open_optuna_storage(self.storage_url, read_only=True))
         self.engine = self.storage.engine
         self.db_retry(lambda: check_schema(self.engine))
         self.exp: Experiment = self.db_retry(
             lambda: find_or_raise_by_name(self.engine, self.experiment_name)
         )
         cfg = self.exp.config
+        hb, grace = resolve_policy(self.exp, rt.heartbeat_interval, rt.grace_period)
+        check_artifacts_writable(rt.artifacts)
         device = str(resolve_device(rt.device))
-        self.runtime = rt = Runtime(**{**rt.__dict__, "device": device})
+        self.runtime = rt = Runtime(
+            **{**rt.__dict__, "device": device, "heartbeat_interval": hb, "grace_period": grace}
+        )
         if device == "cpu":
             set_threads(rt.threads)
         loaded = load_data(cfg, self.data_override)
         verify_data(self.exp, loaded)
         self.splits = loaded.splits
+        self.loaded = loaded
+        self._repeat_split: tuple[int, Any] | None = None  # (repeat, splits) under --resplit
         warm_up(device)
         self._register()
         self._ensure_heartbeat()
@@ -286,40 +348,48 @@ class Worker:
     def _step(self) -> bool:
         """Do one unit of work. False when the experiment has nothing left for this worker."""
         cfg = self.exp.config
+        grace = self.exp.grace_period
         dead = self.dead_workers()
-        counts = {f: tuning.count_trials(s) for f, s in self.studies.items()}
+        counts = {f: state.count_trials(s) for f, s in self.studies.items()}
         if not self.evaluate_only:
             order = sorted(cfg.families, key=lambda f: (counts[f].live, random.random()))
             for family in order:
-                if tuning.family_done(cfg, counts[family]):
+                if state.tuning_over(cfg.trials, counts[family]):
                     continue
                 t0 = time.perf_counter()
-                trial = tuning.claim_trial(
-                    self.studies[family],
-                    cfg,
-                    self.worker_id,
-                    dead,
-                    self.runtime.grace_period,
-                    max_retry=MAX_RETRY,
-                )
+                trial = tuning.claim_trial(self.studies[family], cfg, self.worker_id, dead, grace)
                 if trial is not None:
                     self._run_trial(family, trial)
                     self._summary.trial_seconds += time.perf_counter() - t0
                     return True
-        done_families = [f for f in cfg.families if tuning.family_done(cfg, counts[f])]
+        over = [f for f in cfg.families if state.tuning_over(cfg.trials, counts[f])]
+        # A family that gave up is reported incomplete and gets no repeats: a rerun may still
+        # finish its tuning, and its repeats must evaluate the best of the finished budget.
+        done_families = [f for f in over if state.tuning_state(cfg.trials, counts[f]) == state.DONE]
         for family in done_families:
             if family not in self._jobs_created:
                 best = tuning.best_trial(self.studies[family])
                 if best is not None:
                     evaluation.ensure_jobs_safely(self.engine, self.exp, family, best.params)
                     self._jobs_created.add(family)
-        job = evaluation.claim_job(
-            self.engine, self.exp, self.worker_id, self.runtime.grace_period, dead
+        jobs = evaluation.claim_group(
+            self.engine,
+            self.exp,
+            self.worker_id,
+            grace,
+            dead,
+            self.runtime.device,
+            frozenset(self._solo_families),
         )
-        if job is not None:
-            self._run_job(job)
+        if len(jobs) == 1:
+            failpoint("repeat.after_claim")
+            self._run_job(jobs[0])
             return True
-        if len(done_families) == len(cfg.families) and evaluation.all_done(
+        if jobs:
+            failpoint("group.after_claim")
+            self._run_group(jobs)
+            return True
+        if len(over) == len(cfg.families) and evaluation.all_done(
             self.engine, self.exp, sorted(self._jobs_created)
         ):
             self._summary.finished = True
@@ -330,7 +400,7 @@ class Worker:
             waiting = ", ".join(
                 f"{f} {counts[f].finished}/{cfg.trials}"
                 for f in cfg.families
-                if not tuning.family_done(cfg, counts[f])
+                if not state.tuning_over(cfg.trials, counts[f])
             )
             self.on_event(
                 f"waiting for tuning ({waiting} trials finished) and for other "
@@ -353,6 +423,11 @@ class Worker:
                 self.should_stop,
                 self.db_retry,
             )
+        except tuning.TrialHandedBack as e:
+            # A database error under the training loop: the retry resumes from the checkpoint.
+            self._summary.fit_seconds += time.perf_counter() - t0
+            log.warning("%s; going on", e)
+            return
         except UpdateFinishedTrialError:
             # A peer found this trial stale and re-enqueued it; its retry owns it now.
             self._summary.fit_seconds += time.perf_counter() - t0
@@ -379,26 +454,129 @@ class Worker:
         )
 
     def _run_job(self, job: evaluation.Job) -> None:
-        self._set_task(f"{job.family} repeat {job.repeat}", job_id=job.id)
+        self._set_task(f"{job.family} repeat {job.repeat}", job_ids=[job.id])
         try:
-            result = evaluation.run_job(job, self.exp, self.splits, self.runtime, self.should_stop)
+            splits = self._splits_for(job.repeat)
+            result = evaluation.run_job(job, self.exp, splits, self.runtime, self.should_stop)
         except Interrupted:
             self.db_retry(lambda: evaluation.release(self.engine, job, self.worker_id))
+            failpoint("repeat.after_release")
             raise
+        except tuning.DATABASE_ERRORS as e:
+            # Not the repeat's fault: hand it back once the database is back (not counted).
+            if not tuning.is_transient(e):
+                raise
+            log.warning("%s repeat %d: database error; handing it back", job.family, job.repeat)
+            self.db_retry(lambda: evaluation.release(self.engine, job, self.worker_id))
+            failpoint("repeat.after_release")
+            return
+        except OSError as e:
+            # The worker's fault (unwritable or full artifact directory), not the repeat's.
+            self.db_retry(lambda: evaluation.release(self.engine, job, self.worker_id))
+            failpoint("repeat.after_release")
+            raise WorkerFaultError(
+                f"cannot write checkpoints to {e.filename or self.runtime.artifacts} "
+                f"({e.strerror or e}): make --artifacts (RNNTUNE_ARTIFACTS) a writable directory "
+                f"with free space, then restart this worker ({job.family} repeat {job.repeat} "
+                "was handed back)"
+            ) from e
         except Exception as e:  # noqa: BLE001 - a failing repeat is recorded, not fatal
             reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
             log.error("%s repeat %d failed: %s", job.family, job.repeat, reason)
             self.db_retry(lambda: evaluation.release(self.engine, job, self.worker_id, reason))
+            failpoint("repeat.after_release")
             return
         finally:
             self._set_task("idle")
+        self._complete(job, result)
+
+    def _run_group(self, jobs: list[evaluation.Job]) -> None:
+        """Train a group of one family's repeats as one ensemble; each finished member is
+        completed at once (its own row, exactly once), the others train on."""
+        family = jobs[0].family
+        names = ", ".join(str(j.repeat) for j in jobs)
+        self._set_task(f"{family} repeats {names} (one ensemble)", job_ids=[j.id for j in jobs])
+        pending = {j.id: j for j in jobs}
+
+        def on_done(job: evaluation.Job, result: dict[str, Any]) -> None:
+            self._complete(job, result)  # if this raises, the repeat is handed back below
+            self._drop_job(job.id)
+            del pending[job.id]
+
+        try:
+            evaluation.run_group(
+                jobs, self.exp, self.splits, self.runtime, self.should_stop, on_done
+            )
+        except Interrupted:
+            self.db_retry(
+                lambda: evaluation.release_group(
+                    self.engine, list(pending.values()), self.worker_id
+                )
+            )
+            failpoint("repeat.after_release")
+            raise
+        except OSError as e:
+            self.db_retry(
+                lambda: evaluation.release_group(
+                    self.engine, list(pending.values()), self.worker_id
+                )
+            )
+            failpoint("repeat.after_release")
+            raise WorkerFaultError(
+                f"cannot write checkpoints to {e.filename or self.runtime.artifacts} "
+                f"({e.strerror or e}): make --artifacts (RNNTUNE_ARTIFACTS) a writable directory "
+                f"with free space, then restart this worker ({family} repeats {names} were "
+                "handed back)"
+            ) from e
+        except tuning.DATABASE_ERRORS as e:
+            # Not the repeats' fault (as in _run_job): hand the rest back once the database is
+            # reachable again, uncounted.
+            if not tuning.is_transient(e):
+                raise
+            log.warning(
+                "%s repeats %s: database error (%s); handing them back",
+                family,
+                names,
+                str(e).splitlines()[0],
+            )
+            self.db_retry(
+                lambda: evaluation.release_group(
+                    self.engine, list(pending.values()), self.worker_id
+                )
+            )
+            failpoint("repeat.after_release")
+        except Exception as e:  # noqa: BLE001 - which member raised is not known: go solo
+            reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            log.error(
+                "%s repeats %s as one ensemble failed (%s); handing them back, this worker "
+                "trains %s repeats one at a time from now on",
+                family,
+                names,
+                reason,
+                family,
+            )
+            self._solo_families.add(family)
+            self.db_retry(
+                lambda: evaluation.release_group(
+                    self.engine, list(pending.values()), self.worker_id
+                )
+            )
+            failpoint("repeat.after_release")
+        finally:
+            self._set_task("idle")
+
+    def _complete(self, job: evaluation.Job, result: dict[str, Any]) -> None:
+        failpoint("repeat.before_complete")
         if self.db_retry(lambda: evaluation.complete(self.engine, job, self.worker_id, result)):
+            failpoint("repeat.after_complete")
+            evaluation.remove_checkpoint(self.runtime, self.exp.config, job)
             self._summary.repeats += 1
             m = result["metrics"]
             self.on_event(
                 f"{job.family} repeat {job.repeat} done: accuracy={m['accuracy']:.4f} "
                 f"macro_f1={m['macro_f1']:.4f}"
             )
+            self._publish_progress(job.family)
         else:
             log.warning(
                 "%s repeat %d was reclaimed by another worker; result dropped",
@@ -406,8 +584,29 @@ class Worker:
                 job.repeat,
             )
 
+    def _splits_for(self, repeat: int) -> Any:
+        """The split of ``repeat``: the fixed one, or (--resplit) its own, kept while the
+        worker stays on that repeat (jobs are claimed repeat by repeat, across families)."""
+        if not self.exp.config.resplit:
+            return self.splits
+        if self._repeat_split is None or self._repeat_split[0] != repeat:
+            self._repeat_split = (repeat, repeat_splits(self.exp.config, self.loaded, repeat))
+        return self._repeat_split[1]
+
+    def _publish_progress(self, family: str) -> None:
+        """The dashboard shows the evaluation as it happens: the family's note and user
+        attributes follow every finished repeat. Informational: a failure is only logged."""
+        from rnntune.publish import publish_repeat_progress
+
+        try:
+            publish_repeat_progress(self.storage, self.exp, family)
+        except Exception as e:  # noqa: BLE001 - the repeat's result is stored either way
+            log.warning("could not update %s's dashboard note: %s", family, str(e).splitlines()[0])
+
     # -- registry ------------------------------------------------------------------------
     def _register(self) -> None:
+        # Without /proc the token can never be checked, and boot id / namespace stay None:
+        # nobody judges this worker by its pid (see dead_workers).
         token = process_token() or f"{self.hostname}:{self.pid}:{time.time()}"
 
         def _insert() -> None:
@@ -419,6 +618,9 @@ class Worker:
                         hostname=self.hostname,
                         pid=self.pid,
                         process_token=token,
+                        boot_id=self.boot_id,
+                        pid_namespace=self.pid_namespace,
+                        heartbeat_at=db_now(),
                         status="running",
                         task="starting",
                         trials_done=0,

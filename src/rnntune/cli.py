@@ -135,17 +135,15 @@ def runtime_options(f: Callable) -> Callable:
             "--heartbeat-interval",
             type=int,
             envvar="RNNTUNE_HEARTBEAT_INTERVAL",
-            default=5,
-            show_default=True,
-            help="Seconds between heartbeats.",
+            help="Seconds between heartbeats; part of the experiment, stored when it is created "
+            "[default: 5, or the experiment's].",
         ),
         click.option(
             "--grace-period",
             type=int,
             envvar="RNNTUNE_GRACE_PERIOD",
-            default=30,
-            show_default=True,
-            help="Seconds without heartbeat before a trial or repeat is retried.",
+            help="Seconds without heartbeat before a trial or repeat is retried; part of the "
+            "experiment, stored when it is created [default: 30, or the experiment's].",
         ),
     ]
     for o in reversed(opts):
@@ -205,8 +203,8 @@ def _runtime(
     artifacts: str,
     device: str,
     threads: int | None,
-    hb: int,
-    grace: int,
+    hb: int | None,
+    grace: int | None,
     workers: int = 1,
 ) -> config_mod.Runtime:
     cores = os.cpu_count() or 1
@@ -232,8 +230,28 @@ def main() -> None:
 @storage_option
 @experiment_option
 @experiment_config_options
+@click.option(
+    "--heartbeat-interval",
+    type=int,
+    envvar="RNNTUNE_HEARTBEAT_INTERVAL",
+    help="Seconds between a worker's heartbeats, for every worker of this experiment [default: 5].",
+)
+@click.option(
+    "--grace-period",
+    type=int,
+    envvar="RNNTUNE_GRACE_PERIOD",
+    help="Seconds without heartbeat before a trial or repeat is retried, for every worker of "
+    "this experiment [default: 30].",
+)
 @handle_errors
-def init(storage: str, experiment: str, config_file: str | None, **opts: Any) -> None:
+def init(
+    storage: str,
+    experiment: str,
+    config_file: str | None,
+    heartbeat_interval: int | None,
+    grace_period: int | None,
+    **opts: Any,
+) -> None:
     """Create or upgrade the schema and register the experiment (idempotent).
 
     Example: rnntune init --storage postgresql://rnntune@db/rnntune --trials 30
@@ -242,7 +260,9 @@ def init(storage: str, experiment: str, config_file: str | None, **opts: Any) ->
     from rnntune.storage import mask_url, open_optuna_storage
 
     st = open_optuna_storage(storage, create_tables=True)
-    exp, created = register(st, _explicit(experiment, config_file, **opts))
+    exp, created = register(
+        st, _explicit(experiment, config_file, **opts), None, heartbeat_interval, grace_period
+    )
     verb = "registered" if created else "already registered (unchanged)"
     click.echo(
         f"experiment {exp.name!r} {verb} in {mask_url(storage)}: "
@@ -282,8 +302,8 @@ def run(
     artifacts: str,
     device: str,
     threads: int | None,
-    heartbeat_interval: int,
-    grace_period: int,
+    heartbeat_interval: int | None,
+    grace_period: int | None,
     workers: int,
     out: str,
     **opts: Any,
@@ -303,7 +323,9 @@ def run(
         raise click.BadParameter("must be at least 1", param_hint="--workers")
     rt = _runtime(storage, artifacts, device, threads, heartbeat_interval, grace_period, workers)
     st = open_optuna_storage(storage, create_tables=True)
-    exp, created = register(st, _explicit(experiment, config_file, **opts))
+    exp, created = register(
+        st, _explicit(experiment, config_file, **opts), None, heartbeat_interval, grace_period
+    )
     cfg = exp.config
     click.echo(
         f"{'registered' if created else 'resuming'} experiment {cfg.name!r} in "
@@ -348,8 +370,8 @@ def worker(
     artifacts: str,
     device: str,
     threads: int | None,
-    heartbeat_interval: int,
-    grace_period: int,
+    heartbeat_interval: int | None,
+    grace_period: int | None,
     data: str | None,
 ) -> None:
     """Pull trials, then evaluation repeats, until the experiment is done (stateless).
@@ -399,8 +421,8 @@ def evaluate(
     artifacts: str,
     device: str,
     threads: int | None,
-    heartbeat_interval: int,
-    grace_period: int,
+    heartbeat_interval: int | None,
+    grace_period: int | None,
     out: str,
     data: str | None,
 ) -> None:
@@ -498,7 +520,7 @@ def status(storage: str, experiment: str, watch: bool, interval: float) -> None:
         if watch and sys.stdout.isatty():
             click.clear()
         click.echo(text)
-        if not watch or p.done:
+        if not watch or p.over:
             return
         click.echo("")
         time.sleep(interval)

@@ -290,23 +290,30 @@ def _check_value(name: str, v: Any, where: str) -> None:
 
 @dataclass(frozen=True)
 class Runtime:
-    """How this process runs (not part of the experiment: workers may differ)."""
+    """How this process runs (not part of the experiment: workers may differ).
+
+    Except the heartbeat interval and grace period, which belong to the experiment (stored at
+    init): None means "the experiment's"; a value given is checked against the stored one.
+    """
 
     storage: str
     artifacts: str = "rnntune-artifacts"
     device: str = "auto"
     threads: int = 1
-    heartbeat_interval: int = 5
-    grace_period: int = 30
+    heartbeat_interval: int | None = None
+    grace_period: int | None = None
     poll_interval: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.heartbeat_interval < 1:
+        hb, grace = self.heartbeat_interval, self.grace_period
+        if hb is not None and hb < 1:
             raise ConfigError("--heartbeat-interval must be at least 1 second")
-        if self.grace_period <= self.heartbeat_interval:
+        if grace is not None and grace < 1:
+            raise ConfigError("--grace-period must be at least 1 second")
+        if (hb is not None or grace is not None) and (grace or 30) <= (hb or 5):
             raise ConfigError(
-                f"--grace-period ({self.grace_period}s) must exceed --heartbeat-interval "
-                f"({self.heartbeat_interval}s), or live trials would be failed as stale"
+                f"--grace-period ({grace or 30}s) must exceed --heartbeat-interval "
+                f"({hb or 5}s), or live trials would be failed as stale"
             )
         if self.threads < 1:
             raise ConfigError("--threads must be at least 1")

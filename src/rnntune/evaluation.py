@@ -5,6 +5,11 @@ time (``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL; on SQLite the claim r
 database-wide file lock and BEGIN IMMEDIATE), kept alive by the worker's heartbeat, reclaimed when
 that heartbeat goes stale, and resumed from its per-epoch checkpoint. A result is written only by
 the worker that still holds the claim, so each repeat completes exactly once.
+
+Staleness is judged on the database clock with the experiment's grace period. Retry limits
+(rnntune.state): only errors raised by its training count toward failing a repeat
+(``attempts``); a repeat taken from a silent worker ``MAX_REPEAT_RECLAIMS`` times (a repeat that
+keeps killing its worker, e.g. out of memory) is failed with that reason instead of looping.
 """
 
 from __future__ import annotations
@@ -16,20 +21,22 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from rnntune import state
 from rnntune.config import ExperimentConfig, Runtime
 from rnntune.experiment import Experiment
 from rnntune.faults import failpoint
-from rnntune.storage import EvaluationRunRow, exclusive, is_sqlite, session_scope, utcnow
+from rnntune.storage import EvaluationRunRow, db_now, exclusive, is_sqlite, session_scope
 from rnntune.train import classification_metrics, fit, predict_proba
 from rnntune.tuning import model_and_train_config
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 5  # a repeat that raises this often is marked failed instead of looping forever
+MAX_ATTEMPTS = state.MAX_REPEAT_ERRORS  # kept for callers; the limit is set in rnntune.state
+EvalCounts = state.EvalCounts
 
 
 @dataclass(frozen=True)
@@ -83,47 +90,75 @@ def ensure_jobs_safely(engine: Engine, exp: Experiment, family: str, params: dic
 def claim_job(
     engine: Engine, exp: Experiment, worker_id: str, grace_period: int, dead_workers: set[str]
 ) -> Job | None:
-    """Claim a pending repeat, or one whose worker went silent; repeats are spread over families."""
-    now = utcnow()
-    stale = now - timedelta(seconds=grace_period)
-    reclaimable = and_(
-        EvaluationRunRow.status == "running",
-        or_(
-            EvaluationRunRow.heartbeat_at < stale,
-            EvaluationRunRow.worker_id.in_(sorted(dead_workers) or [""]),
-        ),
-    )
-    query = (
-        select(EvaluationRunRow)
-        .where(EvaluationRunRow.experiment_id == exp.id)
-        .where(or_(EvaluationRunRow.status == "pending", reclaimable))
-        .order_by(EvaluationRunRow.repeat, EvaluationRunRow.family)
-        .limit(1)
-    )
-    url = engine.url.render_as_string(hide_password=False)
-    if is_sqlite(url):
-        with exclusive(engine, f"rnntune:eval-claim:{exp.name}"):
-            return _claim(engine, query, worker_id, now)
-    return _claim(engine, query.with_for_update(skip_locked=True), worker_id, now)
+    """Claim a pending repeat, or one whose worker went silent; repeats are spread over families.
+
+    Silent: its heartbeat is older than ``grace_period`` on the database clock, or its worker is
+    known dead (worker.dead_workers). A repeat reclaimed ``MAX_REPEAT_RECLAIMS`` times already
+    is failed instead (its worker keeps dying), and the next one is tried.
+    """
+    while True:
+        now = state.database_now(engine)
+        stale = now - timedelta(seconds=grace_period)
+        reclaimable = and_(
+            EvaluationRunRow.status == "running",
+            or_(
+                EvaluationRunRow.heartbeat_at < stale,
+                EvaluationRunRow.worker_id.in_(sorted(dead_workers) or [""]),
+            ),
+        )
+        query = (
+            select(EvaluationRunRow)
+            .where(EvaluationRunRow.experiment_id == exp.id)
+            .where(or_(EvaluationRunRow.status == "pending", reclaimable))
+            .order_by(EvaluationRunRow.repeat, EvaluationRunRow.family)
+            .limit(1)
+        )
+        url = engine.url.render_as_string(hide_password=False)
+        if is_sqlite(url):
+            with exclusive(engine, f"rnntune:eval-claim:{exp.name}"):
+                job = _claim(engine, query, worker_id)
+        else:
+            job = _claim(engine, query.with_for_update(skip_locked=True), worker_id)
+        if job is not _CAPPED:
+            return job  # type: ignore[return-value]
 
 
-def _claim(engine: Engine, query: Any, worker_id: str, now: Any) -> Job | None:
+_CAPPED = object()
+
+
+def _claim(engine: Engine, query: Any, worker_id: str) -> Job | None | object:
     with session_scope(engine) as s:
         row = s.scalars(query).first()
         if row is None:
             return None
         if row.status == "running":
+            if row.reclaims >= state.MAX_REPEAT_RECLAIMS:
+                log.error(
+                    "%s repeat %d: its worker went silent %d times running it; failed",
+                    row.family,
+                    row.repeat,
+                    row.reclaims + 1,
+                )
+                row.status = "failed"
+                row.error = (
+                    f"its worker went silent {row.reclaims + 1} times running it (killed, out of "
+                    "memory?): see the workers' logs"
+                )
+                row.worker_id = None
+                row.heartbeat_at = None
+                return _CAPPED
             log.warning(
                 "reclaiming %s repeat %d from silent worker %s",
                 row.family,
                 row.repeat,
                 row.worker_id,
             )
+            row.reclaims += 1
         row.status = "running"
         row.worker_id = worker_id
-        row.heartbeat_at = now
-        row.attempts += 1
-        row.started_at = row.started_at or now
+        row.heartbeat_at = db_now()
+        if row.started_at is None:
+            row.started_at = db_now()
         return Job(row.id, row.family, row.repeat, row.seed, dict(row.params), row.attempts)
 
 
@@ -137,14 +172,22 @@ def heartbeat(engine: Engine, job_id: int, worker_id: str) -> bool:
                 EvaluationRunRow.worker_id == worker_id,
                 EvaluationRunRow.status == "running",
             )
-            .values(heartbeat_at=utcnow())
+            .values(heartbeat_at=db_now())
         )
         return res.rowcount == 1
 
 
 def release(engine: Engine, job: Job, worker_id: str, error: str | None = None) -> None:
-    """Give the job back (stopping, or after an error: failed for good after MAX_ATTEMPTS)."""
-    status = "failed" if error is not None and job.attempts >= MAX_ATTEMPTS else "pending"
+    """Give the job back: stopping (no error: not counted), or after an error (counted; failed
+    for good at ``MAX_REPEAT_ERRORS``)."""
+    values: dict[str, Any] = {"status": "pending", "worker_id": None, "heartbeat_at": None}
+    if error is not None:
+        errors = job.attempts + 1
+        values.update(
+            attempts=errors,
+            error=error,
+            status="failed" if errors >= state.MAX_REPEAT_ERRORS else "pending",
+        )
     with session_scope(engine) as s:
         s.execute(
             update(EvaluationRunRow)
@@ -153,7 +196,7 @@ def release(engine: Engine, job: Job, worker_id: str, error: str | None = None) 
                 EvaluationRunRow.worker_id == worker_id,
                 EvaluationRunRow.status == "running",
             )
-            .values(status=status, worker_id=None, heartbeat_at=None, error=error)
+            .values(**values)
         )
 
 
@@ -168,7 +211,7 @@ def complete(engine: Engine, job: Job, worker_id: str, result: dict[str, Any]) -
                 EvaluationRunRow.status == "running",
             )
             .values(
-                status="done", finished_at=utcnow(), heartbeat_at=utcnow(), error=None, **result
+                status="done", finished_at=db_now(), heartbeat_at=db_now(), error=None, **result
             )
         )
         return res.rowcount == 1
@@ -229,42 +272,15 @@ def remove_checkpoint(runtime: Runtime, cfg: ExperimentConfig, job: Job) -> None
         log.warning("could not remove the checkpoint of %s repeat %d", job.family, job.repeat)
 
 
-@dataclass(frozen=True)
-class EvalCounts:
-    done: int = 0
-    running: int = 0
-    pending: int = 0
-    failed: int = 0
-
-
 def progress(engine: Engine, exp: Experiment) -> dict[str, EvalCounts]:
-    with session_scope(engine) as s:
-        rows = s.execute(
-            select(EvaluationRunRow.family, EvaluationRunRow.status, func.count())
-            .where(EvaluationRunRow.experiment_id == exp.id)
-            .group_by(EvaluationRunRow.family, EvaluationRunRow.status)
-        ).all()
-    acc: dict[str, dict[str, int]] = {f: {} for f in exp.config.families}
-    for family, status, n in rows:
-        acc.setdefault(family, {})[status] = n
-    return {
-        f: EvalCounts(**{k: v for k, v in d.items() if k in EvalCounts.__annotations__})
-        for f, d in acc.items()
-    }
+    return state.eval_counts(engine, exp)
 
 
 def all_done(engine: Engine, exp: Experiment, families: list[str]) -> bool:
     """Every repeat of ``families`` is done or failed for good."""
-    prog = progress(engine, exp)
-    return all(prog[f].done + prog[f].failed >= exp.config.repeats for f in families)
+    prog = state.eval_counts(engine, exp)
+    return all(prog[f].over(exp.config.repeats) for f in families)
 
 
 def runs(engine: Engine, exp: Experiment) -> list[EvaluationRunRow]:
-    with session_scope(engine) as s:
-        return list(
-            s.scalars(
-                select(EvaluationRunRow)
-                .where(EvaluationRunRow.experiment_id == exp.id)
-                .order_by(EvaluationRunRow.family, EvaluationRunRow.repeat)
-            )
-        )
+    return state.eval_runs(engine, exp)

@@ -15,6 +15,7 @@ __all__ = [
     "ExperimentMismatchError",
     "FingerprintMismatchError",
     "TrainingError",
+    "WorkerFaultError",
     "Interrupted",
 ]
 
@@ -49,6 +50,13 @@ class FingerprintMismatchError(RnntuneError):
 
 class TrainingError(RnntuneError):
     """Training diverged (NaN/inf loss) or failed in a way that retrying will not fix."""
+
+
+class WorkerFaultError(RnntuneError):
+    """This worker cannot do work (unwritable or full artifact directory, lost database).
+
+    Not the trial's fault: the trial is handed back for another worker, and this one exits.
+    """
 
 
 class Interrupted(RnntuneError):  # noqa: N818 - it is a control-flow signal, not a failure

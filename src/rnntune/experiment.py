@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from rnntune import data as data_mod
 from rnntune.config import ExperimentConfig, build
 from rnntune.exceptions import (
+    ConfigError,
     ExperimentMismatchError,
     ExperimentNotFoundError,
     FingerprintMismatchError,
@@ -30,6 +31,48 @@ from rnntune.storage import (
 
 log = logging.getLogger(__name__)
 
+DEFAULT_HEARTBEAT_INTERVAL = 5
+DEFAULT_GRACE_PERIOD = 30
+
+
+def check_policy(
+    heartbeat_interval: int | None, grace_period: int | None
+) -> tuple[int | None, int | None]:
+    """Validate the heartbeat settings a process was given (None: not given)."""
+    if heartbeat_interval is not None and heartbeat_interval < 1:
+        raise ConfigError("--heartbeat-interval must be at least 1 second")
+    if grace_period is not None and grace_period < 1:
+        raise ConfigError("--grace-period must be at least 1 second")
+    hb = heartbeat_interval or DEFAULT_HEARTBEAT_INTERVAL
+    grace = grace_period or DEFAULT_GRACE_PERIOD
+    if (heartbeat_interval is not None or grace_period is not None) and grace <= hb:
+        raise ConfigError(
+            f"--grace-period ({grace}s) must exceed --heartbeat-interval ({hb}s), or live "
+            "trials would be failed as stale"
+        )
+    return heartbeat_interval, grace_period
+
+
+def resolve_policy(
+    exp: Experiment, heartbeat_interval: int | None, grace_period: int | None
+) -> tuple[int, int]:
+    """The experiment's heartbeat interval and grace period; refuse settings that contradict it.
+
+    Every worker judges the others' work stale by the same grace period, so it is part of the
+    experiment: a process that was not given the settings takes the stored ones.
+    """
+    given = {"--heartbeat-interval": heartbeat_interval, "--grace-period": grace_period}
+    stored = {"--heartbeat-interval": exp.heartbeat_interval, "--grace-period": exp.grace_period}
+    wrong = [f"{k} {v}" for k, v in given.items() if v is not None and v != stored[k]]
+    if wrong:
+        raise ExperimentMismatchError(
+            f"experiment {exp.name!r} runs with --heartbeat-interval {exp.heartbeat_interval} "
+            f"and --grace-period {exp.grace_period} (stored at init), this process was given "
+            f"{' and '.join(wrong)}: drop the option (and RNNTUNE_HEARTBEAT_INTERVAL / "
+            "RNNTUNE_GRACE_PERIOD) to use the experiment's"
+        )
+    return exp.heartbeat_interval, exp.grace_period
+
 
 @dataclass(frozen=True)
 class Experiment:
@@ -40,6 +83,9 @@ class Experiment:
     created_at: datetime
     finished_at: datetime | None
     report_path: str | None
+    # The liveness policy every worker of this experiment follows (stored at init).
+    heartbeat_interval: int = DEFAULT_HEARTBEAT_INTERVAL
+    grace_period: int = DEFAULT_GRACE_PERIOD
 
     @property
     def name(self) -> str:
@@ -55,6 +101,8 @@ class Experiment:
             created_at=row.created_at,
             finished_at=row.finished_at,
             report_path=row.report_path,
+            heartbeat_interval=row.heartbeat_interval,
+            grace_period=row.grace_period,
         )
 
 
@@ -104,12 +152,20 @@ def verify_data(exp: Experiment, loaded: LoadedData) -> None:
 
 
 def register(
-    storage: RDBStorage, explicit: dict[str, Any], data_override: str | None = None
+    storage: RDBStorage,
+    explicit: dict[str, Any],
+    data_override: str | None = None,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
 ) -> tuple[Experiment, bool]:
     """Create the experiment (schema, row, one study per family) or check it against ``explicit``.
 
     Idempotent and safe to run from several processes at once. Returns (experiment, created).
+    The heartbeat interval and grace period are stored with a new experiment (defaults 5 / 30 s)
+    and checked against an existing one. On an existing experiment, a family that gave up is
+    given another chance (its errors so far are forgiven): a rerun can finish it.
     """
+    check_policy(heartbeat_interval, grace_period)
     engine = storage.engine
     upgrade(engine)
     failpoint("init.after_migrate")
@@ -124,9 +180,11 @@ def register(
                     f"({_diff(existing.config, merged)}): use a new --experiment name, or drop "
                     "the differing options to resume it as it was"
                 )
+            resolve_policy(existing, heartbeat_interval, grace_period)
             loaded = load_data(existing.config, data_override)
             verify_data(existing, loaded)
             _create_studies(storage, existing.config)
+            _forgive_given_up(storage, existing.config)
             return existing, False
         cfg = build(explicit)
         loaded = load_data(cfg, data_override)
@@ -145,6 +203,8 @@ def register(
                 data_spec=cfg.data,
                 data_fingerprint=loaded.fingerprint,
                 data_summary=summary,
+                heartbeat_interval=heartbeat_interval or DEFAULT_HEARTBEAT_INTERVAL,
+                grace_period=grace_period or DEFAULT_GRACE_PERIOD,
             )
             s.add(row)
             s.flush()
@@ -170,6 +230,23 @@ def _create_studies(storage: RDBStorage, cfg: ExperimentConfig) -> None:
             study.set_user_attr("budget", cfg.trials)
             study.set_user_attr("objective", cfg.objective)
             study.set_user_attr("search_space", cfg.search_space)
+
+
+def _forgive_given_up(storage: RDBStorage, cfg: ExperimentConfig) -> None:
+    from rnntune import state
+
+    for family in cfg.families:
+        study = optuna.load_study(study_name=cfg.study_name(family), storage=storage)
+        counts = state.count_trials(study)
+        if state.tuning_state(cfg.trials, counts) == state.GAVE_UP:
+            storage.set_study_system_attr(study._study_id, state.FORGIVEN_ATTR, counts.errors)
+            log.warning(
+                "%s gave up after %d trial errors at %d/%d finished trials; trying again",
+                study.study_name,
+                counts.counted_errors,
+                counts.finished,
+                cfg.trials,
+            )
 
 
 def mark_finished(engine: Engine, exp: Experiment, report_path: str) -> None:

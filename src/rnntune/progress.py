@@ -8,20 +8,29 @@ from typing import Any
 
 from sqlalchemy import select
 
-from rnntune import evaluation, tuning
+from rnntune import state
 from rnntune.experiment import Experiment
-from rnntune.storage import WorkerRow, load_study, session_scope, utcnow
+from rnntune.storage import WorkerRow, load_study, session_scope
 
 
 @dataclass(frozen=True)
 class FamilyProgress:
     family: str
-    counts: tuning.Counts
+    counts: state.Counts
     budget: int
     best_value: float | None
-    repeats: evaluation.EvalCounts
+    repeats: state.EvalCounts
     repeats_total: int
-    tuning_done: bool
+    tuning_done: bool  # tuning is over: done, or gave up (see tuning_state)
+    tuning_state: str = state.TUNING
+    shortfall: str | None = None  # why tuning is short of its budget
+
+    @property
+    def complete(self) -> bool:
+        """Budget finished and every repeat done or failed (or nothing to evaluate)."""
+        return self.tuning_state == state.DONE and (
+            self.repeats.over(self.repeats_total) or self.best_value is None
+        )
 
 
 @dataclass(frozen=True)
@@ -36,10 +45,17 @@ class Progress:
 
     @property
     def done(self) -> bool:
-        return self.tuning_done and all(
-            f.repeats.done + f.repeats.failed >= f.repeats_total or f.best_value is None
-            for f in self.families
-        )
+        """Every family finished its budget and its repeats (a family that gave up is not)."""
+        return all(f.complete for f in self.families)
+
+    @property
+    def over(self) -> bool:
+        """Workers have nothing left to do: done, or some family gave up (until a rerun)."""
+        return all(f.complete or f.tuning_state == state.GAVE_UP for f in self.families)
+
+    @property
+    def gave_up(self) -> list[FamilyProgress]:
+        return [f for f in self.families if f.tuning_state == state.GAVE_UP]
 
     def line(self) -> str:
         """One line for `rnntune run`: trials done / budget and best so far, then repeats."""
@@ -56,24 +72,28 @@ class Progress:
 
 def read(storage: Any, exp: Experiment, alive_within: int = 60) -> Progress:
     cfg = exp.config
-    ev = evaluation.progress(storage.engine, exp)
+    ev = state.eval_counts(storage.engine, exp)
     fams = []
     for family in cfg.families:
         study = load_study(storage, cfg.study_name(family))
-        counts = tuning.count_trials(study)
-        best = tuning.best_trial(study)
+        counts = state.count_trials(study)
+        best = state.best_trial(study)
         fams.append(
             FamilyProgress(
                 family=family,
                 counts=counts,
                 budget=cfg.trials,
                 best_value=best.value if best else None,
-                repeats=ev.get(family, evaluation.EvalCounts()),
+                repeats=ev.get(family, state.EvalCounts()),
                 repeats_total=cfg.repeats,
-                tuning_done=tuning.family_done(cfg, counts),
+                tuning_done=state.tuning_over(cfg.trials, counts),
+                tuning_state=state.tuning_state(cfg.trials, counts),
+                shortfall=state.shortfall(cfg.trials, counts),
             )
         )
-    since = utcnow() - timedelta(seconds=alive_within)
+    # Ages on the database clock: the workers stamp their heartbeats with it.
+    now = state.database_now(storage.engine)
+    since = now - timedelta(seconds=alive_within)
     with session_scope(storage.engine) as s:
         rows = s.scalars(
             select(WorkerRow)
@@ -86,7 +106,7 @@ def read(storage: Any, exp: Experiment, alive_within: int = 60) -> Progress:
                 "id": w.id,
                 "status": w.status,
                 "task": w.task,
-                "heartbeat_age_s": round((utcnow() - w.heartbeat_at).total_seconds(), 1),
+                "heartbeat_age_s": round(max(0.0, (now - w.heartbeat_at).total_seconds()), 1),
                 "trials_done": w.trials_done,
                 "repeats_done": w.repeats_done,
             }
@@ -101,11 +121,13 @@ def table(p: Progress) -> str:
         f"{'family':<7}{'complete':>9}{'pruned':>8}{'failed':>8}{'running':>9}"
         f"{'waiting':>9}{'budget':>8}{'best':>9}{'repeats':>10}"
     )
-    lines = [
-        f"experiment {p.experiment.name}: "
-        + ("done" if p.done else "tuning" if not p.tuning_done else "evaluating"),
-        head,
-    ]
+    if p.done:
+        where = "done"
+    elif p.gave_up:
+        where = "incomplete: " + "; ".join(f"{f.family} {f.shortfall}" for f in p.gave_up)
+    else:
+        where = "tuning" if not p.tuning_done else "evaluating"
+    lines = [f"experiment {p.experiment.name}: {where}", head]
     for f in p.families:
         c = f.counts
         best = f"{f.best_value:.4f}" if f.best_value is not None else "-"
@@ -122,4 +144,5 @@ def table(p: Progress) -> str:
             )
     else:
         lines.append("workers alive: none")
+    lines.append(state.describe_limits(p.experiment.config.trials))
     return "\n".join(lines)

@@ -50,11 +50,12 @@ def worker_command(storage: str, experiment: str, rt: Runtime, data: str | None)
         rt.device,
         "--threads",
         str(rt.threads),
-        "--heartbeat-interval",
-        str(rt.heartbeat_interval),
-        "--grace-period",
-        str(rt.grace_period),
     ]
+    # Unset: the worker takes the experiment's (the parent checked what was given against it).
+    if rt.heartbeat_interval is not None:
+        cmd += ["--heartbeat-interval", str(rt.heartbeat_interval)]
+    if rt.grace_period is not None:
+        cmd += ["--grace-period", str(rt.grace_period)]
     if data:
         cmd += ["--data", data]
     return cmd

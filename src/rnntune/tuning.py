@@ -17,6 +17,7 @@ claim loop runs until finished == budget: exactly the budget, with any number of
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import shutil
@@ -37,8 +38,9 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from rnntune import state
 from rnntune.config import ExperimentConfig, Runtime
-from rnntune.exceptions import Interrupted, TrainingError
+from rnntune.exceptions import Interrupted, StorageError, TrainingError, WorkerFaultError
 from rnntune.faults import failpoint
 from rnntune.storage import exclusive
 
@@ -48,8 +50,8 @@ if TYPE_CHECKING:  # torch is imported only where a model is trained
 
 log = logging.getLogger(__name__)
 
-WORKER_ATTR = "rnntune:worker"
-REASON_ATTR = "rnntune:fail_reason"
+WORKER_ATTR = state.WORKER_ATTR
+REASON_ATTR = state.REASON_ATTR
 # User attributes that describe one attempt at a trial (not carried over to its retry).
 ATTEMPT_ATTRS = frozenset(
     {"resumed_from_epoch", "epochs_this_run", "epochs_trained", "best_epoch", "fail_reason"}
@@ -101,30 +103,18 @@ def make_pruner(cfg: ExperimentConfig) -> optuna.pruners.BasePruner:
 
 
 # -- counting and claiming ------------------------------------------------------------------
-@dataclass(frozen=True)
-class Counts:
-    complete: int = 0
-    pruned: int = 0
-    fail: int = 0
-    running: int = 0
-    waiting: int = 0
+# The counting rules live in rnntune.state (readers use them too); these names stay for callers.
+Counts = state.Counts
+count_trials = state.count_trials
 
-    @property
-    def finished(self) -> int:
-        return self.complete + self.pruned
 
-    @property
-    def live(self) -> int:
-        return self.finished + self.running + self.waiting
+def family_done(cfg: ExperimentConfig, counts: Counts) -> bool:
+    """Tuning of a family is over: its budget is finished, or it gave up (see rnntune.state)."""
+    return state.tuning_over(cfg.trials, counts)
 
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "complete": self.complete,
-            "pruned": self.pruned,
-            "fail": self.fail,
-            "running": self.running,
-            "waiting": self.waiting,
-        }
+
+def gave_up(cfg: ExperimentConfig, counts: Counts) -> bool:
+    return state.tuning_state(cfg.trials, counts) == state.GAVE_UP
 
 
 def rdb(study: optuna.Study) -> RDBStorage:
@@ -134,32 +124,7 @@ def rdb(study: optuna.Study) -> RDBStorage:
     return storage
 
 
-def count_trials(study: optuna.Study) -> Counts:
-    n: dict[TrialState, int] = {}
-    for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
-        n[t.state] = n.get(t.state, 0) + 1
-    return Counts(
-        complete=n.get(TrialState.COMPLETE, 0),
-        pruned=n.get(TrialState.PRUNED, 0),
-        fail=n.get(TrialState.FAIL, 0),
-        running=n.get(TrialState.RUNNING, 0),
-        waiting=n.get(TrialState.WAITING, 0),
-    )
-
-
-def family_done(cfg: ExperimentConfig, counts: Counts) -> bool:
-    """Tuning of a family is over: its budget is finished, or it failed too often to go on."""
-    return (counts.finished >= cfg.trials and counts.running == 0 and counts.waiting == 0) or (
-        gave_up(cfg, counts)
-    )
-
-
-def gave_up(cfg: ExperimentConfig, counts: Counts) -> bool:
-    # A search space where nearly every trial raises would otherwise sample forever.
-    return counts.fail >= max(10, 3 * cfg.trials) and counts.running == 0
-
-
-def requeue(study: optuna.Study, frozen: FrozenTrial, max_retry: int) -> None:
+def requeue(study: optuna.Study, frozen: FrozenTrial) -> None:
     """Enqueue a retry of a failed trial: same parameters, its reported epochs inherited."""
     # The retry inherits the failed trial's attributes; these describe that attempt, not the
     # retry (a retry killed before its first epoch must not look as if it had resumed).
@@ -167,7 +132,8 @@ def requeue(study: optuna.Study, frozen: FrozenTrial, max_retry: int) -> None:
         k: v for k, v in frozen.system_attrs.items() if not k.startswith("rnntune:")
     }
     frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ATTEMPT_ATTRS}
-    RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)(
+    # No cap here: fail_and_requeue decided that this trial is owed a retry.
+    RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)(
         study, frozen
     )
 
@@ -176,44 +142,79 @@ def fail_and_requeue(
     study: optuna.Study,
     trial_ids: list[int],
     reason: str,
-    max_retry: int,
+    max_retry: int = state.MAX_RETRY,
+    *,
+    kind: str = state.STALE,
     after_fail: Callable[[], None] = lambda: failpoint("claim.after_stale_fail"),
 ) -> list[int]:
-    """Fail RUNNING trials and enqueue their retries (call under the family lock)."""
+    """Fail RUNNING trials and enqueue their retries (call under the family lock).
+
+    ``kind`` says why (rnntune.state): ``stale`` (its worker went silent; after ``max_retry``
+    such retries the chain is failed for good as an ``error``) or ``handback`` (SIGTERM, a
+    worker fault: always retried). Neither counts toward giving up. The kind, the reason and
+    whether a retry is owed are written before the FAIL, so a process killed between the FAIL
+    and the retry leaves a retry that the next claim enqueues (state.owed_retries).
+    """
     storage = rdb(study)
+    trials = state.all_trials(study) if kind == state.STALE else []
     done = []
     for trial_id in trial_ids:
         try:
-            # The reason first: once FAIL, a trial can no longer be annotated.
-            storage.set_trial_system_attr(trial_id, REASON_ATTR, reason)
+            t_kind, t_reason = kind, reason
+            if kind == state.STALE:
+                frozen = storage.get_trial(trial_id)
+                deaths = state.silent_deaths(trials, state.root_number(frozen)) + 1
+                if deaths > max_retry:
+                    t_kind = state.ERROR
+                    t_reason = (
+                        f"its worker went silent {deaths} times running it (killed, out of "
+                        f"memory?): {reason}"
+                    )
+            # Annotate first: once FAIL, a trial can no longer be annotated.
+            storage.set_trial_system_attr(trial_id, state.REASON_ATTR, t_reason)
+            storage.set_trial_system_attr(trial_id, state.KIND_ATTR, t_kind)
+            storage.set_trial_system_attr(trial_id, state.RETRY_ATTR, t_kind != state.ERROR)
             if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
             continue  # it finished, or another worker failed it first: nothing left to do
         after_fail()
-        requeue(study, storage.get_trial(trial_id), max_retry)
+        if t_kind != state.ERROR:
+            requeue(study, storage.get_trial(trial_id))
         done.append(trial_id)
     return done
 
 
-def stale_trial_ids(study: optuna.Study, dead_workers: set[str], grace_period: int) -> list[int]:
-    """RUNNING trials whose heartbeat is older than the grace period, or whose worker is dead.
+def recover_owed_retries(study: optuna.Study, budget: int) -> list[int]:
+    """Enqueue retries that were owed but never enqueued (call under the family lock)."""
+    trials = state.all_trials(study)
+    owed = state.owed_retries(trials)
+    live = state.count(trials).live
+    done = []
+    for t in owed:
+        if live >= budget:  # never past the budget (the chain's slot was taken meanwhile)
+            break
+        requeue(study, copy.deepcopy(t))
+        live += 1
+        done.append(t.number)
+    return done
 
-    Optuna's own check skips trials that never sent a heartbeat (a worker killed between claim and
-    first heartbeat): those count as stale once they are older than the grace period.
+
+def stale_trial_ids(
+    study: optuna.Study, dead_workers: set[str], grace_period: int
+) -> tuple[list[int], list[int]]:
+    """(stale, orphaned) RUNNING trials, judged on the database clock, whoever owns them.
+
+    Stale: its heartbeat is older than the experiment's grace period, or its worker is known
+    dead (the local fast path: worker.dead_workers). Orphaned: it has no heartbeat at all;
+    called under the family lock, that means the claim that made it died (see state).
     """
-    storage = rdb(study)
-    stale = set(storage._get_stale_trial_ids(study._study_id))
-    from datetime import datetime, timedelta
-
-    cutoff = datetime.now() - timedelta(seconds=grace_period)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = t.system_attrs.get(WORKER_ATTR)
-        if owner in dead_workers:
-            stale.add(t._trial_id)
-        elif owner is None and t.datetime_start is not None and t.datetime_start < cutoff:
-            stale.add(t._trial_id)
-    return sorted(stale)
+    stale, orphans = state.stale_trials(rdb(study), study._study_id, grace_period)
+    if dead_workers:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.system_attrs.get(state.WORKER_ATTR) in dead_workers:
+                stale.append(t._trial_id)
+    return sorted(set(stale) - set(orphans)), orphans
 
 
 def claim_trial(
@@ -222,22 +223,32 @@ def claim_trial(
     worker_id: str,
     dead_workers: set[str],
     grace_period: int,
-    max_retry: int,
+    max_retry: int = state.MAX_RETRY,
 ) -> Trial | None:
-    """Claim the next trial of this family, or None when its budget is fully claimed."""
+    """Claim the next trial of this family, or None when its budget is fully claimed.
+
+    One atomic step as every other claimer sees it: all of it runs under the family lock, and
+    the trial has its heartbeat before the lock is released. A claim that dies half-way leaves
+    a RUNNING trial without heartbeat, which the next claimer fails and retries at once.
+    """
     storage = rdb(study)
     with exclusive(storage.engine, f"rnntune:claim:{study.study_name}"):
-        stale = stale_trial_ids(study, dead_workers, grace_period)
+        stale, orphans = stale_trial_ids(study, dead_workers, grace_period)
+        if orphans:
+            failed = fail_and_requeue(study, orphans, "claim interrupted", max_retry)
+            log.warning("%s: retrying orphaned trial(s) %s", study.study_name, failed)
         if stale:
             failed = fail_and_requeue(study, stale, "heartbeat stale: worker died", max_retry)
             log.warning("%s: retrying stale trial(s) %s", study.study_name, failed)
+        owed = recover_owed_retries(study, cfg.trials)
+        if owed:
+            log.warning("%s: enqueued the lost retries of trial(s) %s", study.study_name, owed)
         counts = count_trials(study)
         if counts.waiting == 0 and (counts.live >= cfg.trials or gave_up(cfg, counts)):
             return None
         trial = study.ask(fixed_distributions=distributions(cfg.search_space))
         failpoint("claim.after_ask")
-        # Heartbeat, then tag, before letting go of the lock, so that a worker killed right now
-        # leaves a trial that other workers recognise as stale.
+        # Heartbeat, then owner tag, before letting go of the lock (see the docstring).
         storage.record_heartbeat(trial._trial_id)
         failpoint("claim.after_heartbeat")
         storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_id)
@@ -377,21 +388,18 @@ def run_trial(
             time.perf_counter() - t0 - in_storage[0],
         )
     except Interrupted:
-        with exclusive(rdb(study).engine, f"rnntune:claim:{study.study_name}"):
-            fail_and_requeue(
-                study,
-                [trial._trial_id],
-                "worker stopped (SIGTERM)",
-                max_retry=10,
-                after_fail=lambda: failpoint("handback.after_fail"),
-            )
+        hand_back(study, trial, "worker stopped (SIGTERM)")
         raise
     except UpdateFinishedTrialError:
         raise  # taken over by a retry: see the docstring
+    except (OSError, StorageError) as e:
+        # The worker's fault, not the trial's: hand the trial back (best effort: the database
+        # may be what is gone; then its heartbeat goes stale and it is retried all the same).
+        raise _worker_fault(study, trial, family, runtime, e) from e
     except (TrainingError, Exception) as e:  # noqa: BLE001 - any bug in a trial fails that trial
         reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
         log.error("%s trial %d failed: %s", family, trial.number, reason)
-        db_retry(lambda: study._storage.set_trial_system_attr(trial._trial_id, REASON_ATTR, reason))
+        db_retry(lambda: _annotate_error(study, trial, reason))
         _record(trial, db_retry, {"fail_reason": reason, "epochs_this_run": epochs})
         db_retry(lambda: _tell(study, trial, TrialState.FAIL))
         _remove(ckpt)
@@ -414,6 +422,8 @@ def run_trial(
     )
     value = float(result.best_val_metric)
     if not math.isfinite(value):
+        reason = f"the best validation {cfg.objective} is not a number ({value})"
+        db_retry(lambda: _annotate_error(study, trial, reason))
         db_retry(lambda: _tell(study, trial, TrialState.FAIL))
         return TrialOutcome(trial.number, TrialState.FAIL, None, result.epochs_this_run, 0)
     failpoint("tell.before")
@@ -430,16 +440,63 @@ def run_trial(
     )
 
 
+def hand_back(study: optuna.Study, trial: Trial, reason: str) -> None:
+    """Fail the trial as a hand-back and enqueue its retry (never counts toward giving up)."""
+    with exclusive(rdb(study).engine, f"rnntune:claim:{study.study_name}"):
+        fail_and_requeue(
+            study,
+            [trial._trial_id],
+            reason,
+            kind=state.HANDBACK,
+            after_fail=lambda: failpoint("handback.after_fail"),
+        )
+
+
+def _worker_fault(
+    study: optuna.Study, trial: Trial, family: str, runtime: Runtime, e: BaseException
+) -> WorkerFaultError:
+    if isinstance(e, OSError):
+        where = e.filename or runtime.artifacts
+        what = (
+            f"cannot write checkpoints to {where} ({e.strerror or e}): make --artifacts "
+            "(RNNTUNE_ARTIFACTS) a writable directory with free space, shared by all workers, "
+            "then restart this worker"
+        )
+    else:
+        what = str(e)
+    try:
+        hand_back(study, trial, f"worker fault: {what}"[:500])
+        handed = f"{family} trial {trial.number} was handed back"
+    except Exception as e2:  # noqa: BLE001 - the database may be the fault
+        log.warning("could not hand back trial %d: %s", trial.number, str(e2).splitlines()[0])
+        handed = f"{family} trial {trial.number} will be retried once its heartbeat is stale"
+    return WorkerFaultError(f"{what} ({handed})")
+
+
+def _annotate_error(study: optuna.Study, trial: Trial, reason: str) -> None:
+    storage = study._storage
+    storage.set_trial_system_attr(trial._trial_id, state.REASON_ATTR, reason)
+    storage.set_trial_system_attr(trial._trial_id, state.KIND_ATTR, state.ERROR)
+
+
 def _record(trial: Trial, db_retry: Callable[[Callable[[], Any]], Any], attrs: dict) -> None:
     for k, v in attrs.items():
         db_retry(lambda k=k, v=v: trial.set_user_attr(k, v))
 
 
-def _tell(study: optuna.Study, trial: Trial, state: TrialState, value: float | None = None) -> None:
-    """Tell, tolerating a retry after a lost acknowledgement (the first tell went through)."""
-    study.tell(
-        trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True
-    )
+def _tell(study: optuna.Study, trial: Trial, to: TrialState, value: float | None = None) -> None:
+    """Tell, tolerating a retry after a lost acknowledgement (the first tell went through).
+
+    A trial found finished in another state was taken over (failed and retried by a peer) in
+    the meantime: raise UpdateFinishedTrialError, so the caller keeps the checkpoint (the
+    retry resumes from it) and does not report a result that was discarded.
+    """
+    study.tell(trial, value if to == TrialState.COMPLETE else None, state=to, skip_if_finished=True)
+    stored = study._storage.get_trial(trial._trial_id)
+    if stored.state != to:
+        raise UpdateFinishedTrialError(
+            f"trial {trial.number} was taken over ({stored.state.name}) before it was told"
+        )
 
 
 def _remove(path: Path) -> None:

@@ -18,6 +18,7 @@ import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
@@ -26,15 +27,21 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from rnntune import evaluation, tuning
+from rnntune import evaluation, state, tuning
 from rnntune.config import Runtime
-from rnntune.exceptions import Interrupted, StorageError
-from rnntune.experiment import Experiment, find_or_raise_by_name, load_data, verify_data
+from rnntune.exceptions import Interrupted, StorageError, WorkerFaultError
+from rnntune.experiment import (
+    Experiment,
+    find_or_raise_by_name,
+    load_data,
+    resolve_policy,
+    verify_data,
+)
 from rnntune.faults import failpoint
 from rnntune.storage import (
-    MAX_RETRY,
     WorkerRow,
     check_schema,
+    db_now,
     load_study,
     mask_url,
     open_optuna_storage,
@@ -48,6 +55,40 @@ T = TypeVar("T")
 
 # Errors that mean "the database is away": wait and retry instead of failing work.
 TRANSIENT = (OperationalError, StorageInternalError, StorageError, PoolTimeoutError)
+
+
+def boot_id() -> str | None:
+    """The running kernel's boot id, or None where there is no /proc (macOS)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def pid_namespace() -> int | None:
+    """This process's PID namespace (the inode of /proc/self/ns/pid), or None."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def check_artifacts_writable(path: str) -> None:
+    """Fail fast, with the fix, when this worker could not write a checkpoint."""
+    probe = Path(path) / "checkpoints" / f".rnntune-write-test.{os.getpid()}"
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"rnntune")
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as e:
+        raise WorkerFaultError(
+            f"cannot write to the artifact directory {path} ({e.strerror or e}): pass --artifacts "
+            "DIR (RNNTUNE_ARTIFACTS), a writable directory with free space shared by all workers"
+        ) from e
 
 
 def process_token(pid: int | str = "self") -> str | None:
@@ -107,6 +148,8 @@ class Worker:
         self.hostname = socket.gethostname()
         self.pid = os.getpid()
         self.worker_id = f"{self.hostname}:{self.pid}:{uuid.uuid4().hex[:6]}"
+        self.boot_id = boot_id()
+        self.pid_namespace = pid_namespace()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._current_trial: int | None = None
@@ -187,7 +230,7 @@ class Worker:
                 update(WorkerRow)
                 .where(WorkerRow.id == self.worker_id)
                 .values(
-                    heartbeat_at=utcnow(),
+                    heartbeat_at=db_now(),
                     status="stopping" if self._stop.is_set() else "running",
                     task=task,
                     trials_done=self._summary.trials,
@@ -208,21 +251,32 @@ class Worker:
 
     # -- liveness of other workers ---------------------------------------------------------
     def dead_workers(self) -> set[str]:
-        """Workers on this host whose process is gone: their claims need no grace period."""
+        """Workers known dead at once, whose claims need not wait out the grace period.
+
+        Only a fast path: a worker is judged dead by its missed heartbeats, on the database
+        clock (rnntune.state). Its pid says something only to a reader on the same kernel
+        (boot id) and in the same PID namespace (a hostname says nothing: containers with
+        --network host share the host's); anywhere else, or without /proc, nobody is judged.
+        """
+        if self.boot_id is None or self.pid_namespace is None:
+            return set()
         with session_scope(self.engine) as s:
             rows = s.execute(
                 select(WorkerRow.id, WorkerRow.pid, WorkerRow.process_token).where(
                     WorkerRow.experiment_id == self.exp.id,
-                    WorkerRow.hostname == self.hostname,
+                    WorkerRow.boot_id == self.boot_id,
+                    WorkerRow.pid_namespace == self.pid_namespace,
                     WorkerRow.id != self.worker_id,
                     # A worker that stopped cleanly handed its claims back; skip it.
                     WorkerRow.status.in_(("starting", "running", "stopping")),
                 )
             ).all()
-        dead = set()
-        for wid, pid, token in rows:
-            if token and process_token(pid) != token:
-                dead.add(wid)
+        dead = {wid for wid, pid, token in rows if token and process_token(pid) != token}
+        if dead:
+            with session_scope(self.engine) as s:
+                s.execute(
+                    update(WorkerRow).where(WorkerRow.id.in_(sorted(dead))).values(status="dead")
+                )
         return dead
 
     # -- the loop --------------------------------------------------------------------------
@@ -231,22 +285,21 @@ class Worker:
         # We drive trials with ask/tell and run our own supervised heartbeat (see _beat), which
         # is exactly what this warning asks for.
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-        self.storage = self.db_retry(
-            lambda: open_optuna_storage(
-                self.storage_url,
-                read_only=True,
-                heartbeat_interval=rt.heartbeat_interval,
-                grace_period=rt.grace_period,
-            )
-        )
+        # No Optuna heartbeat settings: rnntune records heartbeats itself and judges staleness
+        # with the experiment's grace period on the database clock (rnntune.state).
+        self.storage = self.db_retry(lambda: open_optuna_storage(self.storage_url, read_only=True))
         self.engine = self.storage.engine
         self.db_retry(lambda: check_schema(self.engine))
         self.exp: Experiment = self.db_retry(
             lambda: find_or_raise_by_name(self.engine, self.experiment_name)
         )
         cfg = self.exp.config
+        hb, grace = resolve_policy(self.exp, rt.heartbeat_interval, rt.grace_period)
+        check_artifacts_writable(rt.artifacts)
         device = str(resolve_device(rt.device))
-        self.runtime = rt = Runtime(**{**rt.__dict__, "device": device})
+        self.runtime = rt = Runtime(
+            **{**rt.__dict__, "device": device, "heartbeat_interval": hb, "grace_period": grace}
+        )
         if device == "cpu":
             set_threads(rt.threads)
         loaded = load_data(cfg, self.data_override)
@@ -287,41 +340,36 @@ class Worker:
     def _step(self) -> bool:
         """Do one unit of work. False when the experiment has nothing left for this worker."""
         cfg = self.exp.config
+        grace = self.exp.grace_period
         dead = self.dead_workers()
-        counts = {f: tuning.count_trials(s) for f, s in self.studies.items()}
+        counts = {f: state.count_trials(s) for f, s in self.studies.items()}
         if not self.evaluate_only:
             order = sorted(cfg.families, key=lambda f: (counts[f].live, random.random()))
             for family in order:
-                if tuning.family_done(cfg, counts[family]):
+                if state.tuning_over(cfg.trials, counts[family]):
                     continue
                 t0 = time.perf_counter()
-                trial = tuning.claim_trial(
-                    self.studies[family],
-                    cfg,
-                    self.worker_id,
-                    dead,
-                    self.runtime.grace_period,
-                    max_retry=MAX_RETRY,
-                )
+                trial = tuning.claim_trial(self.studies[family], cfg, self.worker_id, dead, grace)
                 if trial is not None:
                     self._run_trial(family, trial)
                     self._summary.trial_seconds += time.perf_counter() - t0
                     return True
-        done_families = [f for f in cfg.families if tuning.family_done(cfg, counts[f])]
+        over = [f for f in cfg.families if state.tuning_over(cfg.trials, counts[f])]
+        # A family that gave up is reported incomplete and gets no repeats: a rerun may still
+        # finish its tuning, and its repeats must evaluate the best of the finished budget.
+        done_families = [f for f in over if state.tuning_state(cfg.trials, counts[f]) == state.DONE]
         for family in done_families:
             if family not in self._jobs_created:
                 best = tuning.best_trial(self.studies[family])
                 if best is not None:
                     evaluation.ensure_jobs_safely(self.engine, self.exp, family, best.params)
                     self._jobs_created.add(family)
-        job = evaluation.claim_job(
-            self.engine, self.exp, self.worker_id, self.runtime.grace_period, dead
-        )
+        job = evaluation.claim_job(self.engine, self.exp, self.worker_id, grace, dead)
         if job is not None:
             failpoint("repeat.after_claim")
             self._run_job(job)
             return True
-        if len(done_families) == len(cfg.families) and evaluation.all_done(
+        if len(over) == len(cfg.families) and evaluation.all_done(
             self.engine, self.exp, sorted(self._jobs_created)
         ):
             self._summary.finished = True
@@ -332,7 +380,7 @@ class Worker:
             waiting = ", ".join(
                 f"{f} {counts[f].finished}/{cfg.trials}"
                 for f in cfg.families
-                if not tuning.family_done(cfg, counts[f])
+                if not state.tuning_over(cfg.trials, counts[f])
             )
             self.on_event(
                 f"waiting for tuning ({waiting} trials finished) and for other "
@@ -388,6 +436,16 @@ class Worker:
             self.db_retry(lambda: evaluation.release(self.engine, job, self.worker_id))
             failpoint("repeat.after_release")
             raise
+        except OSError as e:
+            # The worker's fault (unwritable or full artifact directory), not the repeat's.
+            self.db_retry(lambda: evaluation.release(self.engine, job, self.worker_id))
+            failpoint("repeat.after_release")
+            raise WorkerFaultError(
+                f"cannot write checkpoints to {e.filename or self.runtime.artifacts} "
+                f"({e.strerror or e}): make --artifacts (RNNTUNE_ARTIFACTS) a writable directory "
+                f"with free space, then restart this worker ({job.family} repeat {job.repeat} "
+                "was handed back)"
+            ) from e
         except Exception as e:  # noqa: BLE001 - a failing repeat is recorded, not fatal
             reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
             log.error("%s repeat %d failed: %s", job.family, job.repeat, reason)
@@ -415,6 +473,8 @@ class Worker:
 
     # -- registry ------------------------------------------------------------------------
     def _register(self) -> None:
+        # Without /proc the token can never be checked, and boot id / namespace stay None:
+        # nobody judges this worker by its pid (see dead_workers).
         token = process_token() or f"{self.hostname}:{self.pid}:{time.time()}"
 
         def _insert() -> None:
@@ -426,6 +486,9 @@ class Worker:
                         hostname=self.hostname,
                         pid=self.pid,
                         process_token=token,
+                        boot_id=self.boot_id,
+                        pid_namespace=self.pid_namespace,
+                        heartbeat_at=db_now(),
                         status="running",
                         task="starting",
                         trials_done=0,

@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from rnntune import __version__, evaluation, tuning
+from rnntune import __version__, state
 from rnntune.experiment import Experiment
 from rnntune.report import stats
 from rnntune.storage import load_study, mask_url
@@ -23,20 +23,21 @@ def build_report(storage: Any, exp: Experiment, device: str = "cpu") -> dict[str
     """Everything the renderers show, with numbers only from stored rows and trials."""
     cfg = exp.config
     engine = storage.engine
-    runs = evaluation.runs(engine, exp)
+    runs = state.eval_runs(engine, exp)
     families: dict[str, Any] = {}
     missing: list[str] = []
     for family in cfg.families:
         study = load_study(storage, cfg.study_name(family))
         trials = study.get_trials(deepcopy=False)
-        counts = tuning.count_trials(study)
-        best = tuning.best_trial(study)
+        counts = state.count_trials(study)
+        best = state.best_trial(study)
         fam_runs = [r for r in runs if r.family == family]
         repeats = [
             {
                 "repeat": r.repeat,
                 "seed": r.seed,
                 "status": r.status,
+                "error": r.error if r.status == "failed" else None,
                 "metrics": r.metrics or {},
                 "confusion_matrix": r.confusion_matrix,
                 "classification_report": r.classification_report or "",
@@ -46,16 +47,21 @@ def build_report(storage: Any, exp: Experiment, device: str = "cpu") -> dict[str
             for r in fam_runs
         ]
         done = [r for r in fam_runs if r.status == "done"]
-        if counts.finished < cfg.trials and not tuning.gave_up(cfg, counts):
-            missing.append(f"{family}: {counts.finished}/{cfg.trials} tuning trials finished")
+        tuning_state = state.tuning_state(cfg.trials, counts)
+        short = state.shortfall(cfg.trials, counts)
+        if short is not None:
+            missing.append(f"{family}: {short}")
         if len(done) < cfg.repeats:
-            missing.append(f"{family}: {len(done)}/{cfg.repeats} evaluation repeats done")
+            failed = [r for r in fam_runs if r.status == "failed"]
+            why = f" ({len(failed)} failed; last: {failed[-1].error})" if failed else ""
+            missing.append(f"{family}: {len(done)}/{cfg.repeats} evaluation repeats done{why}")
         families[family] = {
             "study_name": study.study_name,
             "best_params": dict(best.params) if best else None,
             "best_value": best.value if best else None,
             "best_trial": best.number if best else None,
             "trials": counts.as_dict(),
+            "tuning_state": tuning_state,
             "history": [
                 {
                     "number": t.number,
@@ -104,6 +110,9 @@ def build_report(storage: Any, exp: Experiment, device: str = "cpu") -> dict[str
             "split_seed": cfg.split_seed,
             "repeat_seeds": [cfg.repeat_seed(i) for i in range(cfg.repeats)],
             "device": device,
+            "heartbeat_interval": exp.heartbeat_interval,
+            "grace_period": exp.grace_period,
+            "retry_limits": state.limits(cfg.trials),
             "versions": _versions(),
         },
         "complete": not missing,
@@ -149,13 +158,19 @@ def _iso(dt: datetime | None) -> str | None:
 
 
 def _versions() -> dict[str, str]:
-    import sklearn
-    import torch
+    # From the installed metadata: a reader never imports torch (seconds, and memory).
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
 
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": v("torch"),
         "optuna": optuna.__version__,
-        "sklearn": sklearn.__version__,
+        "sklearn": v("scikit-learn"),
         "rnntune": __version__,
     }

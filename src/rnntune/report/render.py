@@ -299,6 +299,12 @@ def _experiment(exp: Mapping[str, Any]) -> list[Block]:
         ("Device", exp.get("device")),
         ("Versions", ", ".join(f"{k} {v}" for k, v in versions.items()) or None),
     ]
+    if exp.get("retry_limits"):  # reports written before the limits were recorded lack them
+        rows.append(
+            ("Heartbeat / grace period", f"{exp.get('heartbeat_interval')} s / "
+             f"{exp.get('grace_period')} s")
+        )  # fmt: skip
+        rows.append(("Retry limits", ", ".join(f"{k} {v}" for k, v in exp["retry_limits"].items())))
     blocks: list[Block] = [
         Heading(2, "Experiment", "experiment"),
         Table(

@@ -2,7 +2,6 @@
 
 from ._engine import (
     MAX_OVERFLOW,
-    MAX_RETRY,
     POOL_SIZE,
     artifact_store,
     engine_kwargs,
@@ -12,7 +11,7 @@ from ._engine import (
 from ._locks import exclusive
 from ._migrate import check_schema, current_revision, head_revision, upgrade
 from ._session import session_scope
-from ._tables import Base, EvaluationRunRow, ExperimentRow, WorkerRow, utcnow
+from ._tables import Base, EvaluationRunRow, ExperimentRow, WorkerRow, db_now, utcnow
 from ._url import DEFAULT_STORAGE, is_sqlite, mask_url, normalize_url, sqlite_path
 
 __all__ = [
@@ -27,6 +26,7 @@ __all__ = [
     "artifact_store",
     "check_schema",
     "current_revision",
+    "db_now",
     "engine_kwargs",
     "exclusive",
     "head_revision",
@@ -40,3 +40,12 @@ __all__ = [
     "upgrade",
     "utcnow",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The retry limits are set in rnntune.state (which imports this package): re-exported lazily.
+    if name == "MAX_RETRY":
+        from rnntune.state import MAX_RETRY
+
+        return MAX_RETRY
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

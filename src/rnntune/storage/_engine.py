@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 POOL_SIZE = 1
 MAX_OVERFLOW = 2
 SQLITE_BUSY_TIMEOUT_S = 120
-# A trial that went stale this many times (its worker died each time) is failed for good.
-MAX_RETRY = 3
 
 
 def engine_kwargs(url: str) -> dict[str, Any]:
@@ -57,7 +55,7 @@ def open_optuna_storage(
     create_tables: bool = False,
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
-    max_retry: int = MAX_RETRY,
+    max_retry: int | None = None,
 ) -> RDBStorage:
     """Optuna's RDBStorage on ``url``; only ``rnntune init`` passes ``create_tables=True``.
 
@@ -75,6 +73,8 @@ def open_optuna_storage(
         _prepare_sqlite_file(url, create=create_tables, wal=not reader)
     callback = None
     if heartbeat_interval is not None:
+        if max_retry is None:
+            from rnntune.state import MAX_RETRY as max_retry  # the one place limits are set
         callback = RetryHeartbeatStaleTrialCallback(
             max_retry=max_retry, inherit_intermediate_values=True
         )

@@ -5,13 +5,49 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 
 def utcnow() -> datetime:
     # Naive UTC everywhere: SQLite has no time zones and the two backends must compare alike.
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+class db_now(FunctionElement):  # noqa: N801 - reads as a SQL function
+    """The database's clock, as naive UTC: the one clock every staleness rule is judged by.
+
+    Hosts' clocks drift apart; the database's is one clock for everyone. Heartbeats are written
+    with it, and compared with it (``SELECT db_now()`` then ``heartbeat_at < now - grace``), so a
+    host whose clock is off never reclaims live work nor loses its own.
+    """
+
+    type = DateTime()
+    inherit_cache = True
+
+
+@compiles(db_now, "postgresql")
+def _db_now_pg(_element: db_now, _compiler: SQLCompiler, **_kw: Any) -> str:
+    return "(now() AT TIME ZONE 'UTC')"
+
+
+@compiles(db_now)
+def _db_now_sqlite(_element: db_now, _compiler: SQLCompiler, **_kw: Any) -> str:
+    # SQLite's 'now' is UTC; %f keeps milliseconds (CURRENT_TIMESTAMP has whole seconds).
+    return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
 
 
 class Base(DeclarativeBase):
@@ -33,6 +69,9 @@ class ExperimentRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     report_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The liveness policy, part of the experiment (every worker judges staleness alike).
+    heartbeat_interval: Mapped[int] = mapped_column(Integer, nullable=False, default=5)
+    grace_period: Mapped[int] = mapped_column(Integer, nullable=False, default=30)
 
 
 class EvaluationRunRow(Base):
@@ -49,11 +88,14 @@ class EvaluationRunRow(Base):
     repeat: Mapped[int] = mapped_column(Integer, nullable=False)
     seed: Mapped[int] = mapped_column(Integer, nullable=False)
     params: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
-    # pending -> running -> done; a stale running claim goes back to pending (reclaimed).
+    # pending -> running -> done | failed; a stale running claim is reclaimed (running again).
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending", index=True)
     worker_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # Errors raised by its training (not claims): failed for good at state.MAX_REPEAT_ERRORS.
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # Times it was taken from a worker that went silent: failed at state.MAX_REPEAT_RECLAIMS.
+    reclaims: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     confusion_matrix: Mapped[list[list[int]] | None] = mapped_column(JSON, nullable=True)
     classification_report: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -79,6 +121,10 @@ class WorkerRow(Base):
     pid: Mapped[int] = mapped_column(Integer, nullable=False)
     # Identifies the process beyond its pid (pid reuse): the kernel boot id + process start time.
     process_token: Mapped[str] = mapped_column(String(255), nullable=False)
+    # Where that pid means something: the kernel (boot id) and the PID namespace (inode of
+    # /proc/self/ns/pid). Only a reader in both may judge the pid; None: it cannot be judged.
+    boot_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    pid_namespace: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     status: Mapped[str] = mapped_column(String(32), nullable=False, default="starting")
     task: Mapped[str | None] = mapped_column(String(255), nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, nullable=False)

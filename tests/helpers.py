@@ -424,3 +424,61 @@ class PgCluster:
         finally:
             admin.dispose()
         return f"{self.server_url}/{name}"
+
+
+def check_retries(
+    res: dict[str, Any], families: tuple[str, ...] = FAMILIES, dropped_ok: bool = False
+) -> list[tuple[int, int]]:
+    """No duplicated or lost trial, and every retry resumed from the checkpoint its failed
+    attempt had. ``res``: what :func:`assert_exact` returned. ``dropped_ok``: a chain whose
+    worker was killed ``MAX_RETRY`` + 1 times may end failed for good (a kill storm does that).
+
+    Returns (epochs the failed attempt had reported, epoch its retry resumed after) per retry
+    that finished, for the caller to check that the faults really landed mid-trial.
+    """
+    from rnntune import state
+
+    resumed: list[tuple[int, int]] = []
+    for family in families:
+        ts = res[family]
+        # One finished result per retry chain: a trial and its retry never both count.
+        roots = [
+            state.root_number(t) for t in ts if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        ]
+        assert len(roots) == len(set(roots)), f"{family}: a retry chain finished twice"
+        for t in ts:
+            if t.state != TrialState.FAIL:
+                continue
+            retry = next(
+                (r for r in ts if r.system_attrs.get("retry_history", [])[-1:] == [t.number]),
+                None,
+            )
+            why = t.system_attrs.get(state.REASON_ATTR)
+            if retry is None:
+                # No lost result: an interrupted trial is retried, unless its chain was killed
+                # more often than the retry limit (then it is an error, and another trial is
+                # sampled in its place: the budget above is still exact).
+                assert dropped_ok and state.fail_kind(t) == state.ERROR, (
+                    f"{family} trial {t.number} failed ({why}) and was never retried"
+                )
+                assert state.silent_deaths(ts, state.root_number(t)) >= state.MAX_RETRY, (
+                    f"{family} trial {t.number} failed for good ({why}) before its retry limit"
+                )
+                continue
+            assert state.fail_kind(t) != state.ERROR, (family, t.number, why)
+            # Retried with its parameters (a worker killed while drawing them stored only some).
+            assert t.params.items() <= retry.params.items(), (t.params, retry.params)
+            if retry.state == TrialState.FAIL:
+                continue
+            start = retry.user_attrs.get("resumed_from_epoch")
+            done_before = len(t.intermediate_values)
+            # From the checkpoint the failed attempt had: after its last reported epoch, or one
+            # more when it was stopped between writing a checkpoint and reporting its epoch.
+            assert start is not None and done_before <= start <= done_before + 1, (
+                f"{family} trial {retry.number} resumed after epoch {start}; its failed attempt "
+                f"{t.number} had reported {done_before} epoch(s)"
+            )
+            if retry.state == TrialState.COMPLETE and retry.user_attrs.get("epochs_this_run"):
+                assert retry.user_attrs["epochs_this_run"][0] == start + 1, retry.user_attrs
+            resumed.append((done_before, start))
+    return resumed

@@ -39,8 +39,17 @@ from optuna.trial import TrialState
 
 from rnntune import faults
 from rnntune.experiment import find_or_raise_by_name
-from rnntune.storage import MAX_RETRY, open_optuna_storage
-from tests.helpers import FAST, Forked, assert_exact, fork_cli, output, wait_all, worker_args
+from rnntune.storage import open_optuna_storage
+from tests.helpers import (
+    FAST,
+    Forked,
+    assert_exact,
+    check_retries,
+    fork_cli,
+    output,
+    wait_all,
+    worker_args,
+)
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "rnntune"
 
@@ -355,42 +364,10 @@ def test_fault_matrix(
 
 
 def check_study(url: str, point: str, action: str) -> dict[str, Any]:
-    """Exactly the budget, each repeat once, no duplicated or lost trial, retries resumed."""
+    """Exactly the budget, each repeat once, no duplicated or lost result, retries resumed."""
     res = assert_exact(url, budget=TRIALS, repeats=REPEATS)
-    resumed: list[tuple[int, int]] = []  # (epochs the failed attempt had reported, resumed from)
-    for family in FAMILIES:
-        ts = res[family]
-        # One finished result per retry chain: a trial and its retry never both count.
-        roots = [t.system_attrs.get("failed_trial", t.number) for t in ts if t.state.is_finished()
-                 and t.state != TrialState.FAIL]  # fmt: skip
-        assert len(roots) == len(set(roots)), f"{family}: a retry chain finished twice"
-        for t in ts:
-            if t.state != TrialState.FAIL:
-                continue
-            retry = next(
-                (r for r in ts if r.system_attrs.get("retry_history", [])[-1:] == [t.number]),
-                None,
-            )
-            # No lost result: an interrupted trial is retried (a chain is dropped only after
-            # MAX_RETRY interruptions, which one fault cannot cause).
-            assert retry is not None, (
-                f"{family} trial {t.number} failed ({t.system_attrs.get('rnntune:fail_reason')}) "
-                f"and was never retried, after {point}={action}"
-            )
-            assert len(t.system_attrs.get("retry_history", [])) + 1 <= MAX_RETRY
-            assert t.params.items() <= retry.params.items(), (t.params, retry.params)
-            if retry.state == TrialState.FAIL:
-                continue
-            start = retry.user_attrs.get("resumed_from_epoch")
-            done_before = len(t.intermediate_values)
-            # Resumed from the checkpoint the failed attempt had: after its last reported epoch,
-            # or one more when it was stopped between checkpoint and report.
-            assert start is not None and done_before <= start <= done_before + 1, (
-                f"{family} trial {retry.number} resumed from {start}, its failed attempt "
-                f"{t.number} had reported {done_before} epoch(s)"
-            )
-            resumed.append((done_before, start))
-    # The fault really interrupted a trial with a checkpoint, and the retry used it.
+    resumed = check_retries(res, FAMILIES)  # one fault never exhausts a retry chain
+    # The fault really interrupted a trial with a checkpoint, and its retry used it.
     if action in ("kill", "term") and point in ("trial.after_checkpoint", "trial.after_report"):
         assert any(start >= 1 for _, start in resumed), resumed
     if action == "kill" and point == "trial.after_checkpoint":
@@ -398,11 +375,16 @@ def check_study(url: str, point: str, action: str) -> dict[str, Any]:
         assert any(start == done + 1 for done, start in resumed), resumed
     if action == "kill" and point == "tell.before":
         assert any(start == EPOCHS for _, start in resumed), resumed
-    if point.startswith("repeat.") and action == "kill" and point != "repeat.after_create":
-        # The killed worker's repeat was taken over, and completed once.
-        assert any(r.attempts >= 2 for r in res["runs"]), [r.attempts for r in res["runs"]]
+    if action == "kill" and point in (
+        "repeat.after_claim",
+        "repeat.after_checkpoint",
+        "repeat.before_complete",
+    ):
+        # The killed worker's repeat was taken over from it, and done once.
+        assert any(r.reclaims >= 1 for r in res["runs"]), [r.reclaims for r in res["runs"]]
     for r in res["runs"]:
         assert r.metrics and r.epochs_trained and r.epochs_trained <= EPOCHS, r.family
+        assert r.error is None, (r.family, r.repeat, r.error)
     return res
 
 

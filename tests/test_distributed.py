@@ -215,7 +215,7 @@ def test_a_worker_whose_trial_was_taken_over_drops_it_and_goes_on(
     fired = tmp_path / "fired.log"
     # A pauses right after reporting its first epoch: a known place mid-trial. The pause only
     # keeps it there until it is stopped below; it is not what the test waits for.
-    a = start_worker(pg_url, tmp_path, env=_armed("trial.after_report=sleep:10", fired))
+    a = start_worker(pg_url, tmp_path, env=_armed("trial.after_report=sleep:20", fired))
     wait_for(lambda: _fired(fired), timeout=180, interval=0.05, alive=[a], what="A mid-trial")
     os.kill(a.pid, signal.SIGSTOP)  # stalled: its heartbeat thread stops too
     try:

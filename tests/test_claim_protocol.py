@@ -284,6 +284,43 @@ def test_a_checkpoint_write_error_mid_trial_hands_the_trial_back(
     assert counts.errors == 0 and counts.waiting == 1
 
 
+def test_a_lost_database_mid_trial_is_a_worker_fault(storage_url: str, tmp_path: Path) -> None:
+    """H2: a database lost for longer than the worker waits (db_retry gives up with a
+    StorageError) failed the trial as a training error. Now the trial is handed back."""
+    from rnntune.exceptions import StorageError
+
+    st, exp, study = setup(storage_url, trials=1)
+    splits = load_data(exp.config).splits
+    rt = Runtime(storage=storage_url, artifacts=str(tmp_path / "a"), device="cpu", threads=1)
+    t = claim(study, exp)
+    assert t is not None
+
+    def gone(_fn: Any) -> Any:
+        raise StorageError("the study database has been unreachable for 600s: check the server")
+
+    with pytest.raises(WorkerFaultError, match="unreachable for 600s"):
+        tuning.run_trial(study, t, "gru", exp.config, splits, rt, lambda: False, gone)
+    failed = frozen(study, t.number)
+    assert failed.state == TrialState.FAIL and state.fail_kind(failed) == state.HANDBACK
+    assert state.count_trials(study).errors == 0
+
+
+def test_the_worker_command_refuses_an_unwritable_artifact_directory(
+    storage_url: str, tmp_path: Path
+) -> None:
+    """H2, as a user sees it: one Error line naming the fix, exit 1, no traceback."""
+    setup(storage_url)
+    (tmp_path / "a-file").write_text("x")
+    proc = rnntune(
+        "worker", "--storage", storage_url, "--experiment", "t",
+        "--artifacts", str(tmp_path / "a-file" / "artifacts"), cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "cannot write to the artifact directory" in errors[0] and "--artifacts" in errors[0]
+
+
 def test_a_result_told_after_a_take_over_is_not_reported_and_keeps_the_checkpoint(
     storage_url: str,
 ) -> None:

@@ -23,6 +23,12 @@ def upgrade() -> None:
         t.add_column(sa.Column("grace_period", sa.Integer(), nullable=False, server_default="30"))
     with op.batch_alter_table("rnntune_evaluation_runs") as t:
         t.add_column(sa.Column("reclaims", sa.Integer(), nullable=False, server_default="0"))
+    # attempts counted claims (hand-backs and reclaims too); it counts errors from now on. The
+    # past errors are not known: at least one where an error was recorded.
+    op.execute(
+        "UPDATE rnntune_evaluation_runs SET attempts = "
+        "CASE WHEN error IS NULL THEN 0 ELSE 1 END WHERE status <> 'failed'"
+    )
     with op.batch_alter_table("rnntune_workers") as t:
         t.add_column(sa.Column("boot_id", sa.String(64), nullable=True))
         t.add_column(sa.Column("pid_namespace", sa.BigInteger(), nullable=True))

@@ -44,7 +44,7 @@ POINTS: dict[str, str] = {
     "init.after_migrate": "rnntune's schema upgraded; the experiment is not registered yet",
     "init.after_studies": "the family studies are created; the experiment row is not written yet",
     # claiming a trial (under the family lock)
-    "claim.after_stale_fail": "a stale trial is FAIL; its retry is not enqueued yet",
+    "claim.after_stale_fail": "a stale or orphaned trial is FAIL (retry owed); retry not enqueued",
     "claim.after_ask": "a trial is RUNNING (new or a popped retry); not yet heartbeated or owned",
     "claim.after_heartbeat": "the claimed trial has its first heartbeat; it is not owned yet",
     "claim.after_tag": "the trial is heartbeated and owned; the lock is not released yet",
@@ -53,14 +53,14 @@ POINTS: dict[str, str] = {
     "trial.after_report": "the epoch is reported; the pruning decision is not made yet",
     "tell.before": "training ended and its attributes are written; the trial is not told yet",
     "tell.after": "the trial is told (finished); its checkpoint is not removed yet",
-    "handback.after_fail": "SIGTERM: the trial is FAIL; its retry is not enqueued yet",
+    "handback.after_fail": "SIGTERM or worker fault: the trial is FAIL (retry owed); not enqueued",
     # evaluation repeats
     "repeat.after_create": "the family's repeat rows are created; none is claimed yet",
     "repeat.after_claim": "a repeat is claimed (running); training has not started",
     "repeat.after_checkpoint": "a repeat's epoch checkpoint is on disk; the next epoch not begun",
     "repeat.before_complete": "a repeat is trained and tested; its result is not written yet",
     "repeat.after_complete": "a repeat's result is written; its checkpoint is not removed yet",
-    "repeat.after_release": "a repeat is handed back (pending) after SIGTERM or an error",
+    "repeat.after_release": "a repeat is handed back (pending) after SIGTERM, an error or a fault",
     # the final job's export
     "export.after_write": "the report files are written; nothing is uploaded to the studies yet",
     "export.after_upload": "the report is uploaded as artifacts; notes and attributes not yet",

@@ -493,7 +493,8 @@ def _tell(study: optuna.Study, trial: Trial, to: TrialState, value: float | None
     """
     study.tell(trial, value if to == TrialState.COMPLETE else None, state=to, skip_if_finished=True)
     stored = study._storage.get_trial(trial._trial_id)
-    if stored.state != to:
+    # A FAIL we told is an error (annotated so before the tell); a peer's is stale or a hand-back.
+    if stored.state != to or (to == TrialState.FAIL and state.fail_kind(stored) != state.ERROR):
         raise UpdateFinishedTrialError(
             f"trial {trial.number} was taken over ({stored.state.name}) before it was told"
         )

@@ -271,13 +271,7 @@ class Worker:
                     WorkerRow.status.in_(("starting", "running", "stopping")),
                 )
             ).all()
-        dead = {wid for wid, pid, token in rows if token and process_token(pid) != token}
-        if dead:
-            with session_scope(self.engine) as s:
-                s.execute(
-                    update(WorkerRow).where(WorkerRow.id.in_(sorted(dead))).values(status="dead")
-                )
-        return dead
+        return {wid for wid, pid, token in rows if token and process_token(pid) != token}
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> WorkerSummary:

@@ -21,6 +21,7 @@ SMOKE = ROOT / "tests" / "compose" / "smoke.sh"
 pytestmark = [pytest.mark.compose, pytest.mark.slow]
 
 
+@pytest.mark.timeout(2000)  # smoke.sh has its own 1800 s limit
 def test_compose_stack() -> None:
     if os.geteuid() != 0 and shutil.which("docker") is None:
         pytest.skip("needs docker, or root to start the stand-in engine")

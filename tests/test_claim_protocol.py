@@ -305,6 +305,42 @@ def test_a_lost_database_mid_trial_is_a_worker_fault(storage_url: str, tmp_path:
     assert state.count_trials(study).errors == 0
 
 
+@pytest.mark.parametrize("point", ["trial.after_checkpoint", "trial.after_report"])
+def test_a_database_error_escaping_training_hands_the_trial_back(
+    storage_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: str
+) -> None:
+    """H2: a driver error (OperationalError: a restarted database) escaping the training loop
+    failed the trial as a training error (not retried, checkpoint removed, counted toward giving
+    up). Now the trial is handed back and the worker goes on."""
+    st, exp, study = setup(storage_url, trials=1)
+    splits = load_data(exp.config).splits
+    rt = Runtime(storage=storage_url, artifacts=str(tmp_path / "a"), device="cpu", threads=1)
+    t = claim(study, exp)
+    assert t is not None
+    arm(monkeypatch, f"{point}=db-error")
+    with pytest.raises(tuning.TrialHandedBack, match="handed back"):
+        tuning.run_trial(study, t, "gru", exp.config, splits, rt, lambda: False, lambda f: f())
+    failed = frozen(study, t.number)
+    assert failed.state == TrialState.FAIL and state.fail_kind(failed) == state.HANDBACK
+    assert state.count_trials(study).waiting == 1
+    assert list((tmp_path / "a").rglob("trial-*.pt")), "the retry's checkpoint was removed"
+
+
+@pytest.mark.parametrize("point", ["init.after_migrate", "init.after_studies"])
+def test_a_database_error_in_init_is_one_error_line(
+    storage_url: str, tmp_path: Path, point: str
+) -> None:
+    proc = rnntune(
+        "init", "--storage", storage_url, "--data", TINY_DATA, cwd=tmp_path, check=False,
+        env={faults.ENV: f"{point}=db-error"},
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "lost the study database" in errors[0]
+    rnntune("init", "--storage", storage_url, "--data", TINY_DATA, cwd=tmp_path)  # a rerun
+
+
 def test_the_worker_command_refuses_an_unwritable_artifact_directory(
     storage_url: str, tmp_path: Path
 ) -> None:

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+from optuna.exceptions import StorageInternalError
+from sqlalchemy.exc import OperationalError
 
 from rnntune import config as config_mod
 from rnntune.exceptions import RnntuneError
@@ -160,6 +162,15 @@ def handle_errors(f: Callable) -> Callable:
             return f(*args, **kwargs)
         except RnntuneError as e:
             raise click.ClickException(str(e)) from e
+        except (OperationalError, StorageInternalError) as e:
+            # The database went away under a library call that does not wrap its errors
+            # (Optuna's storage, a migration): the same clear line as StorageError.
+            first = str(getattr(e, "orig", None) or e).strip().splitlines()
+            raise click.ClickException(
+                f"lost the study database ({first[0] if first else type(e).__name__}): check "
+                "that it is running and reachable, then rerun the command (finished work is "
+                "stored)"
+            ) from e
         except KeyboardInterrupt as e:
             raise click.ClickException(
                 "interrupted: finished work is stored; rerun the command to continue"

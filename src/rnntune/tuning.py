@@ -34,9 +34,11 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from optuna.exceptions import UpdateFinishedTrialError
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, Trial, TrialState
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from rnntune import state
 from rnntune.config import ExperimentConfig, Runtime
@@ -56,6 +58,32 @@ REASON_ATTR = state.REASON_ATTR
 ATTEMPT_ATTRS = frozenset(
     {"resumed_from_epoch", "epochs_this_run", "epochs_trained", "best_epoch", "fail_reason"}
 )
+# The database, not the trial, failed: never a trial error (handed back, or a worker fault).
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    StorageError,
+    OperationalError,
+    InterfaceError,
+    StorageInternalError,
+    PoolTimeoutError,
+)
+
+
+class TrialHandedBack(Exception):  # noqa: N818 - an outcome, not a failure
+    """The trial was handed back (FAIL of kind handback, retry enqueued); the worker goes on."""
+
+
+def is_transient(e: BaseException) -> bool:
+    """A database error worth waiting out (a restart), not one the worker gave up on."""
+    if isinstance(e, StorageError):
+        return "lost the study database" in str(e)
+    return isinstance(e, DATABASE_ERRORS)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(getattr(e, "orig", None) or e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 LIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
@@ -392,7 +420,19 @@ def run_trial(
         raise
     except UpdateFinishedTrialError:
         raise  # taken over by a retry: see the docstring
-    except (OSError, StorageError) as e:
+    except (OSError, *DATABASE_ERRORS) as e:
+        if is_transient(e):
+            # The database restarted under the training loop: not the trial's fault. Hand it
+            # back once the database is back (its retry resumes from the checkpoint); go on.
+            first = _first_line(e)
+            log.warning(
+                "%s trial %d: database error (%s); handing it back", family, trial.number, first
+            )
+            try:
+                db_retry(lambda: hand_back(study, trial, f"database error: {first}"[:500]))
+            except DATABASE_ERRORS as e2:
+                raise _worker_fault(study, trial, family, runtime, e2) from e2
+            raise TrialHandedBack(f"{family} trial {trial.number} handed back: {first}") from e
         # The worker's fault, not the trial's: hand the trial back (best effort: the database
         # may be what is gone; then its heartbeat goes stale and it is retried all the same).
         raise _worker_fault(study, trial, family, runtime, e) from e
@@ -463,7 +503,12 @@ def _worker_fault(
             "then restart this worker"
         )
     else:
-        what = str(e)
+        what = (
+            e.args[0]
+            if isinstance(e, StorageError)
+            else f"lost the study database ({_first_line(e)}): check that it is running and "
+            "reachable, then restart this worker"
+        )
     try:
         hand_back(study, trial, f"worker fault: {what}"[:500])
         handed = f"{family} trial {trial.number} was handed back"

@@ -397,6 +397,11 @@ class Worker:
                 self.should_stop,
                 self.db_retry,
             )
+        except tuning.TrialHandedBack as e:
+            # A database error under the training loop: the retry resumes from the checkpoint.
+            self._summary.fit_seconds += time.perf_counter() - t0
+            log.warning("%s; going on", e)
+            return
         except UpdateFinishedTrialError:
             # A peer found this trial stale and re-enqueued it; its retry owns it now.
             self._summary.fit_seconds += time.perf_counter() - t0
@@ -430,6 +435,14 @@ class Worker:
             self.db_retry(lambda: evaluation.release(self.engine, job, self.worker_id))
             failpoint("repeat.after_release")
             raise
+        except tuning.DATABASE_ERRORS as e:
+            # Not the repeat's fault: hand it back once the database is back (not counted).
+            if not tuning.is_transient(e):
+                raise
+            log.warning("%s repeat %d: database error; handing it back", job.family, job.repeat)
+            self.db_retry(lambda: evaluation.release(self.engine, job, self.worker_id))
+            failpoint("repeat.after_release")
+            return
         except OSError as e:
             # The worker's fault (unwritable or full artifact directory), not the repeat's.
             self.db_retry(lambda: evaluation.release(self.engine, job, self.worker_id))

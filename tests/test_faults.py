@@ -117,22 +117,7 @@ MATRIX: dict[str, Case] = {
 
 # Cases that fail because of a product defect not fixed yet: (backend or "*", point, action) ->
 # the defect. Each is xfail(strict=True), so a fix makes the suite say so.
-_TRACEBACK = (
-    "a database error (sqlalchemy OperationalError) in `rnntune {cmd}` ends in a traceback, not "
-    "one `Error:` line and exit 1: cli.handle_errors turns only RnntuneError into a clear line"
-)
-_TRIAL_ERROR = (
-    "tuning.run_trial counts a driver OperationalError escaping the training loop as a genuine "
-    "trial error (FAIL of kind error: not retried, its checkpoint removed, counted toward giving "
-    "up); a lost database is a worker fault (H2): only StorageError is handed back"
-)
-KNOWN_DEFECTS: dict[tuple[str, str, str], str] = {
-    ("*", "init.after_migrate", "db-error"): _TRACEBACK.format(cmd="init"),
-    ("*", "init.after_studies", "db-error"): _TRACEBACK.format(cmd="init"),
-    ("*", "export.after_write", "db-error"): _TRACEBACK.format(cmd="evaluate"),
-    ("*", "trial.after_checkpoint", "db-error"): _TRIAL_ERROR,
-    ("*", "trial.after_report", "db-error"): _TRIAL_ERROR,
-}
+KNOWN_DEFECTS: dict[tuple[str, str, str], str] = {}
 
 
 def points_in_source() -> set[str]:

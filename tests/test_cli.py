@@ -39,13 +39,13 @@ def _init(tmp_path: Path, *args: str, env: dict[str, str] | None = None):  # noq
 
 def test_bad_option_values_are_one_line_errors(tmp_path: Path) -> None:
     r = _init(tmp_path, "--trials", "0")
-    assert r.exit_code == 1
+    assert r.exit_code == 2  # a usage error
     assert _error_line(r) == "Error: --trials must be at least 1, got 0"
 
 
 def test_unknown_storage_backend(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["init", "--storage", "mysql://x@y/z"])
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert _error_line(r).startswith("Error: unsupported storage backend 'mysql'")
 
 
@@ -111,7 +111,7 @@ def test_bad_config_file(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[experiment]\ntrails = 7\n")
     r = _init(tmp_path, "--config", str(cfg))
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert "unknown key(s) ['trails'] in [experiment]" in _error_line(r)
     cfg.write_text('[search_space.hidden_size]\ntype = "categorical"\nchoices = []\n')
     r = _init(tmp_path, "--config", str(cfg))

@@ -184,7 +184,8 @@ def secret_problems(doc: Doc, text: str) -> list[str]:
     problems = []
     for path, value in strings(doc):
         key = path.rsplit(".", 1)[-1]
-        if "PASSWORD" in key.upper() and not INTERPOLATION.match(value):
+        secret_file = key.upper().endswith("_FILE") and value.startswith("/run/secrets/")
+        if "PASSWORD" in key.upper() and not INTERPOLATION.match(value) and not secret_file:
             problems.append(f"{path} is a literal, not ${{...}} from .env")
         for m in URL_PASSWORD.finditer(value):
             if not INTERPOLATION.match(m.group("password")):
@@ -260,14 +261,16 @@ def test_env_example_documents_every_variable() -> None:
 
 
 def test_env_example_needs_only_the_password() -> None:
-    """cp .env.example .env + a password runs the demo: nothing else is required (`:?`)."""
+    """cp .env.example .env + the three passwords (owner, workers' role, dashboard's role) runs
+    the demo: nothing else is required (`:?`)."""
     active = {
         m.group(1): m.group(2)
         for m in re.finditer(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", ENV_EXAMPLE.read_text(), re.M)
     }
-    assert active == {"POSTGRES_PASSWORD": ""}
+    passwords = {"POSTGRES_PASSWORD", "RNNTUNE_WORKER_DB_PASSWORD", "RNNTUNE_DASHBOARD_DB_PASSWORD"}
+    assert active == dict.fromkeys(passwords, "")
     required = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*):?\?", COMPOSE.read_text()))
-    assert required == {"POSTGRES_PASSWORD"}
+    assert required == passwords
 
 
 def test_gpu_override(gpu: Doc) -> None:

@@ -118,6 +118,24 @@ def test_summary_numbers_are_study_user_attrs(finished: Finished) -> None:
     assert sorted(ranks.values()) == [1, 2, 3]
 
 
+def test_the_workers_updated_the_dashboard_after_every_repeat(finished: Finished) -> None:
+    """The running numbers are written only by the workers' per-repeat updates (the final
+    publish does not touch them): after a real run they hold the last repeat's state."""
+    report = finished.report()
+    for family in FAMILIES:
+        attrs = finished.study(family).user_attrs
+        summary = report["families"][family]["summary"]["macro_f1"]
+        assert attrs["evaluation_repeats_budget"] == 3
+        assert attrs["evaluation_running_metric"] == "macro_f1"
+        assert attrs["evaluation_running_mean"] == pytest.approx(summary["mean"])
+        assert attrs["evaluation_running_ci95"] == pytest.approx(
+            stats.summarize(
+                [r["metrics"]["macro_f1"] for r in report["families"][family]["repeats"]]
+            )["ci95"]
+        )
+        assert attrs["evaluation_final"] is True
+
+
 def test_each_study_has_a_note_with_its_family_verdict(finished: Finished) -> None:
     report = finished.report()
     comparison = report["comparison"]

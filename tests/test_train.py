@@ -59,9 +59,9 @@ MODEL = ModelConfig(cell="gru", input_size=3, hidden_size=8)
 DROPOUT_MODEL = ModelConfig(cell="lstm", input_size=3, hidden_size=8, num_layers=2, dropout=0.2)
 
 
-def _history(result: train.FitResult) -> list[tuple[int, float, float]]:
+def _history(result: train.FitResult) -> list[tuple[int, float, float, float]]:
     # Seconds differ between runs; everything else must not.
-    return [(h.epoch, h.train_loss, h.val_metric) for h in result.history]
+    return [(h.epoch, h.train_loss, h.val_metric, h.val_loss) for h in result.history]
 
 
 def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -130,9 +130,10 @@ def test_resume_is_bit_identical(
     end_b = torch.load(ckpt, weights_only=True)
     _assert_same_weights(end_a["model"], end_b["model"])
     assert end_a["epoch"] == end_b["epoch"] == 4
-    assert [(h["epoch"], h["train_loss"], h["val_metric"]) for h in end_b["history"]] == _history(
-        straight
-    )
+    assert [
+        (h["epoch"], h["train_loss"], h["val_metric"], h["val_loss"]) for h in end_b["history"]
+    ] == _history(straight)
+    assert end_a["stopper"] == end_b["stopper"]
     assert end_a["optimizer"]["state"].keys() == end_b["optimizer"]["state"].keys()
     for i, state in end_a["optimizer"]["state"].items():
         _assert_same_weights(state, end_b["optimizer"]["state"][i])
@@ -189,12 +190,19 @@ def test_damaged_checkpoint_is_ignored(
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("patience", "stops_after"), [(2, 3), (1, 2), (0, 2)])
+@pytest.mark.parametrize(
+    ("patience", "max_epochs", "stops_after"),
+    # The patience used is max(patience, ceil(max_epochs / 4)) (rnntune.stopping).
+    [(2, 10, 4), (5, 10, 6), (1, 4, 2), (0, 4, 2)],
+)
 def test_early_stopping_honours_patience(
-    small: tuple[np.ndarray, ...], patience: int, stops_after: int
+    small: tuple[np.ndarray, ...], patience: int, max_epochs: int, stops_after: int
 ) -> None:
-    # A learning rate too small to move a float32 weight: the metric never improves again.
-    config = TrainConfig(learning_rate=1e-12, batch_size=64, max_epochs=10, patience=patience)
+    # A learning rate too small to move a float32 weight: neither the metric nor the loss
+    # improves again (and the model predicts both classes, so it is not on the plateau).
+    config = TrainConfig(
+        learning_rate=1e-12, batch_size=64, max_epochs=max_epochs, patience=patience
+    )
     result = fit(MODEL, config, *small)
     assert result.stopped_early
     assert result.epochs_trained == stops_after == len(result.history)

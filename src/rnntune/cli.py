@@ -20,20 +20,32 @@ from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import OperationalError
 
 from rnntune import config as config_mod
-from rnntune.exceptions import RnntuneError
+from rnntune.exceptions import ConfigError, RnntuneError
 from rnntune.storage import DEFAULT_STORAGE
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 # -- option decorators ---------------------------------------------------------------------
+def _resolve_storage(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    from rnntune.storage import storage_from_env
+
+    try:
+        return storage_from_env(value)
+    except RnntuneError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from e
+
+
 def storage_option(f: Callable) -> Callable:
     return click.option(
         "--storage",
         envvar="RNNTUNE_STORAGE",
-        default=DEFAULT_STORAGE,
-        show_default=True,
-        help="Study database URL: sqlite:///FILE.db or postgresql://user:pass@host:5432/db.",
+        default=None,
+        callback=_resolve_storage,
+        show_default=DEFAULT_STORAGE,
+        help="Study database URL: sqlite:///FILE.db or postgresql://user@host:5432/db. "
+        "Keep a password off the command line: RNNTUNE_STORAGE, RNNTUNE_STORAGE_FILE (a file "
+        "holding the URL) or RNNTUNE_STORAGE_PASSWORD_FILE (a file holding the password).",
     )(f)
 
 
@@ -61,7 +73,8 @@ def experiment_config_options(f: Callable) -> Callable:
             "--data",
             envvar="RNNTUNE_DATA",
             show_default=d.data,
-            help="synthetic[:n=...,length=...,features=...,seed=...], npz:PATH or csv:PATH.",
+            help="synthetic[:n=...,length=...,features=...,seed=...], npz:PATH, csv:PATH or "
+            "ucr:PATH_TRAIN.tsv|.ts[,normal=A|B] (UCR/UEA archive; see README, Data).",
         ),
         click.option(
             "--trials",
@@ -97,6 +110,14 @@ def experiment_config_options(f: Callable) -> Callable:
             type=click.Choice(config_mod.METRICS),
             show_default=d.objective,
             help="Validation metric tuning maximises.",
+        ),
+        click.option(
+            "--resplit/--fixed-split",
+            "resplit",
+            envvar="RNNTUNE_RESPLIT",
+            default=None,
+            help="Re-split per repeat: repeat i trains and tests on split i (the same for every "
+            "family); its test part may hold sequences tuning saw. [default: fixed split]",
         ),
         click.option(
             "--pruner",
@@ -153,15 +174,24 @@ def runtime_options(f: Callable) -> Callable:
     return f
 
 
+class _UsageError(click.ClickException):
+    """A bad option, environment variable or experiment file: one `Error:` line, exit 2."""
+
+    exit_code = 2
+
+
 def handle_errors(f: Callable) -> Callable:
-    """Library errors → one `Error:` line and exit 1 (no traceback)."""
+    """Library errors → one `Error:` line (no traceback): exit 2 for a bad option, environment
+    variable or experiment file (ConfigError), exit 1 for everything else."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return f(*args, **kwargs)
+        except ConfigError as e:
+            raise _UsageError(_one_line(e)) from e
         except RnntuneError as e:
-            raise click.ClickException(str(e)) from e
+            raise click.ClickException(_one_line(e)) from e
         except (OperationalError, StorageInternalError) as e:
             # The database went away under a library call that does not wrap its errors
             # (Optuna's storage, a migration): the same clear line as StorageError.
@@ -177,6 +207,11 @@ def handle_errors(f: Callable) -> Callable:
             ) from e
 
     return wrapper
+
+
+def _one_line(e: BaseException) -> str:
+    # One line, whatever a message quoted (a file's bytes, a server's multi-line error).
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _setup_logging() -> None:
@@ -223,7 +258,7 @@ def _runtime(
         storage=storage,
         artifacts=artifacts,
         device=device,
-        threads=threads or max(1, cores // max(1, workers)),
+        threads=threads if threads is not None else max(1, cores // max(1, workers)),
         heartbeat_interval=hb,
         grace_period=grace,
     )
@@ -254,6 +289,18 @@ def main() -> None:
     help="Seconds without heartbeat before a trial or repeat is retried, for every worker of "
     "this experiment [default: 30].",
 )
+@click.option(
+    "--worker-role",
+    envvar="RNNTUNE_WORKER_ROLE",
+    help="PostgreSQL: create or update this role for the workers (read/write on the study "
+    "tables, no DDL); its password is read from the file RNNTUNE_WORKER_ROLE_PASSWORD_FILE.",
+)
+@click.option(
+    "--dashboard-role",
+    envvar="RNNTUNE_DASHBOARD_ROLE",
+    help="PostgreSQL: create or update this read-only role for the dashboard; its password is "
+    "read from the file RNNTUNE_DASHBOARD_ROLE_PASSWORD_FILE.",
+)
 @handle_errors
 def init(
     storage: str,
@@ -261,6 +308,8 @@ def init(
     config_file: str | None,
     heartbeat_interval: int | None,
     grace_period: int | None,
+    worker_role: str | None,
+    dashboard_role: str | None,
     **opts: Any,
 ) -> None:
     """Create or upgrade the schema and register the experiment (idempotent).
@@ -268,12 +317,38 @@ def init(
     Example: rnntune init --storage postgresql://rnntune@db/rnntune --trials 30
     """
     from rnntune.experiment import register
-    from rnntune.storage import mask_url, open_optuna_storage
+    from rnntune.storage import ensure_roles, mask_url, open_optuna_storage
 
+    roles = {}
+    for flag, name in (("WORKER", worker_role), ("DASHBOARD", dashboard_role)):
+        if name:
+            var = f"RNNTUNE_{flag}_ROLE_PASSWORD_FILE"
+            if not os.environ.get(var):
+                raise ConfigError(
+                    f"--{flag.lower()}-role {name} needs its password in a file: set {var} "
+                    "(never a password on the command line)"
+                )
+            from rnntune.storage import read_role_password
+
+            roles[flag] = (name, read_role_password(var, os.environ[var]))
+    if roles:
+        from rnntune.storage import is_sqlite, normalize_url
+
+        if is_sqlite(normalize_url(storage)):
+            raise ConfigError(
+                "database roles need PostgreSQL: drop --worker-role/--dashboard-role for SQLite"
+            )
+
+    explicit = _explicit(experiment, config_file, **opts)
+    config_mod.build(explicit)  # refuse bad values before anything is stored
     st = open_optuna_storage(storage, create_tables=True)
-    exp, created = register(
-        st, _explicit(experiment, config_file, **opts), None, heartbeat_interval, grace_period
-    )
+    exp, created = register(st, explicit, None, heartbeat_interval, grace_period)
+    if roles:
+        ensure_roles(st.engine, worker=roles.get("WORKER"), dashboard=roles.get("DASHBOARD"))
+        click.echo(
+            "database roles ready: "
+            + ", ".join(f"{r[0]} ({k.lower()})" for k, r in sorted(roles.items()))
+        )
     verb = "registered" if created else "already registered (unchanged)"
     click.echo(
         f"experiment {exp.name!r} {verb} in {mask_url(storage)}: "
@@ -333,10 +408,13 @@ def run(
     if workers < 1:
         raise click.BadParameter("must be at least 1", param_hint="--workers")
     rt = _runtime(storage, artifacts, device, threads, heartbeat_interval, grace_period, workers)
+    # Checked before anything is stored: a bad directory must not surface after the study.
+    config_mod.check_writable_dir(out, "--out")
+    config_mod.check_writable_dir(artifacts, "--artifacts")
+    explicit = _explicit(experiment, config_file, **opts)
+    config_mod.build(explicit)  # refuse bad values before anything is stored
     st = open_optuna_storage(storage, create_tables=True)
-    exp, created = register(
-        st, _explicit(experiment, config_file, **opts), None, heartbeat_interval, grace_period
-    )
+    exp, created = register(st, explicit, None, heartbeat_interval, grace_period)
     cfg = exp.config
     click.echo(
         f"{'registered' if created else 'resuming'} experiment {cfg.name!r} in "
@@ -354,7 +432,9 @@ def run(
         run_workers(st, storage, exp, rt, workers, opts.get("data"), click.echo)
     from rnntune.train import resolve_device
 
-    report, paths = finalize(st, exp, out, artifacts, device=str(resolve_device(rt.device)))
+    report, paths = finalize(
+        st, exp, out, artifacts, device=str(resolve_device(rt.device)), data=opts.get("data")
+    )
     click.echo("")
     click.echo(summary_table(report))
     click.echo(
@@ -393,7 +473,15 @@ def worker(
     """
     from rnntune.worker import Worker
 
-    rt = _runtime(storage, artifacts, device, threads or 1, heartbeat_interval, grace_period)
+    rt = _runtime(
+        storage,
+        artifacts,
+        device,
+        1 if threads is None else threads,
+        heartbeat_interval,
+        grace_period,
+    )
+    config_mod.check_writable_dir(artifacts, "--artifacts")
     w = Worker(
         storage,
         experiment,
@@ -445,6 +533,8 @@ def evaluate(
     from rnntune.worker import Worker
 
     rt = _runtime(storage, artifacts, device, threads, heartbeat_interval, grace_period)
+    config_mod.check_writable_dir(out, "--out")
+    config_mod.check_writable_dir(artifacts, "--artifacts")
     w = Worker(
         storage,
         experiment,
@@ -458,7 +548,9 @@ def evaluate(
         raise RnntuneError(
             "evaluation stopped before the end: rerun `rnntune evaluate` to continue"
         )
-    report, paths = finalize(w.storage, w.exp, out, artifacts, device=w.runtime.device)
+    report, paths = finalize(
+        w.storage, w.exp, out, artifacts, device=w.runtime.device, splits=getattr(w, "splits", None)
+    )
     click.echo(summary_table(report))
     click.echo(f"report: {paths['md']} (also {paths['json']}, {paths['html']})")
 
@@ -478,27 +570,63 @@ def evaluate(
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
-    help="Write to this file (Markdown puts its plots beside it) [default: stdout].",
+    help="Write to this file (Markdown puts its plots beside it) [default: stdout; with --open: "
+    "reports/report.html].",
+)
+@click.option(
+    "--open",
+    "open_browser",
+    is_flag=True,
+    help="Write the HTML report and open it in a web browser (BROWSER picks which).",
 )
 @handle_errors
-def report(storage: str, experiment: str, fmt: str, out: str | None) -> None:
+def report(storage: str, experiment: str, fmt: str, out: str | None, open_browser: bool) -> None:
     """Export the report of an experiment, finished or not (an unfinished one says what is
     missing).
 
-    Example: rnntune report --format html --out reports/report.html
+    Example: rnntune report --format html --out reports/report.html; rnntune report --open
     """
     from rnntune.experiment import find_or_raise_by_name
     from rnntune.report import build_report, render, write
-    from rnntune.storage import open_optuna_storage
+    from rnntune.storage import check_schema, open_optuna_storage
 
+    if out:
+        config_mod.check_writable_dir(Path(out).parent, "--out's directory")
+    fmt_given = click.get_current_context().get_parameter_source("fmt")
+    if open_browser and fmt != "html" and fmt_given != click.core.ParameterSource.DEFAULT:
+        raise click.UsageError(
+            f"--open shows the HTML report, not --format {fmt}; drop --format or use html"
+        )
     st = open_optuna_storage(storage, read_only=True, reader=True)
+    check_schema(st.engine)  # an Optuna database without rnntune's tables: say so
     exp = find_or_raise_by_name(st.engine, experiment)
     rep = build_report(st, exp)
-    if out:
+    if open_browser:
+        path = write(rep, "html", out or os.path.join("reports", "report.html"))
+        click.echo(f"wrote {path}", err=True)
+        _open_in_browser(Path(path))
+    elif out:
         path = write(rep, fmt, out)
         click.echo(f"wrote {path}", err=True)
     else:
         click.echo(render(rep, fmt), nl=False)
+
+
+def _open_in_browser(path: Path) -> None:
+    """Open ``path`` with the user's browser (``webbrowser``: BROWSER, then the desktop's)."""
+    import webbrowser
+
+    url = path.resolve().as_uri()
+    try:
+        opened = webbrowser.open(url)
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        raise RnntuneError(
+            f"no web browser available to open {path}; open that file yourself, or set BROWSER "
+            "to a browser command"
+        )
+    click.echo(f"opened {url}", err=True)
 
 
 # -- status ----------------------------------------------------------------------------------
@@ -508,7 +636,7 @@ def report(storage: str, experiment: str, fmt: str, out: str | None) -> None:
 @click.option("--watch", is_flag=True, help="Refresh until the experiment is done.")
 @click.option(
     "--interval",
-    type=float,
+    type=click.FloatRange(min=0.1, max=3600),
     default=2.0,
     show_default=True,
     help="Seconds between refreshes with --watch.",
@@ -521,13 +649,18 @@ def status(storage: str, experiment: str, watch: bool, interval: float) -> None:
     """
     from rnntune import progress as progress_mod
     from rnntune.experiment import find_or_raise_by_name
-    from rnntune.storage import open_optuna_storage
+    from rnntune.storage import check_schema, open_optuna_storage
 
     st = open_optuna_storage(storage, read_only=True, reader=True)
+    check_schema(st.engine)  # an Optuna database without rnntune's tables: say so
     exp = find_or_raise_by_name(st.engine, experiment)
+    from rnntune import live as live_mod
+
     while True:
         p = progress_mod.read(st, exp)
         text = progress_mod.table(p)
+        if not p.done:  # the live view's ETA and measured seconds per trial, as `run` shows them
+            text += "\n" + "\n".join(live_mod.block(live_mod.snapshot(st, exp, p)))
         if watch and sys.stdout.isatty():
             click.clear()
         click.echo(text)
@@ -554,14 +687,57 @@ def status(storage: str, experiment: str, watch: bool, interval: float) -> None:
     show_default=True,
     help="Interface to bind. optuna-dashboard has no authentication: keep it local.",
 )
-@click.option("--port", type=int, envvar="RNNTUNE_DASHBOARD_PORT", default=8080, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    envvar="RNNTUNE_DASHBOARD_PORT",
+    default=8080,
+    show_default=True,
+)
+@click.option(
+    "--allow-writes",
+    is_flag=True,
+    envvar="RNNTUNE_DASHBOARD_ALLOW_WRITES",
+    help="Let the dashboard change the study database (delete or rename studies, set trial "
+    "states, notes). Off: every request but GET/HEAD is refused.",
+)
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    envvar="RNNTUNE_DASHBOARD_ALLOWED_HOSTS",
+    help="A Host name the dashboard answers besides localhost, 127.0.0.1 and [::1] "
+    "(repeatable): the name a reverse proxy or a remote browser uses.",
+)
 @handle_errors
-def dashboard(storage: str, artifacts: str, host: str, port: int) -> None:
-    """Serve optuna-dashboard on the same storage and artifact store (read-only).
+def dashboard(
+    storage: str,
+    artifacts: str,
+    host: str,
+    port: int,
+    allow_writes: bool,
+    allowed_hosts: tuple[str, ...],
+) -> None:
+    """Serve optuna-dashboard (Optuna's web UI: studies, trials, plots, reports) on the study
+    database and artifact store.
+
+    Read-only unless --allow-writes, and it answers only requests addressed to this machine
+    (Host header: localhost names, plus --allowed-host). It has no login: keep it on 127.0.0.1
+    or behind an authenticating proxy.
 
     Example: rnntune dashboard --port 8080
     """
     from rnntune.dashboard import serve
 
-    click.echo(f"optuna-dashboard on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
-    serve(storage, artifacts, host=host, port=port)
+    # RNNTUNE_DASHBOARD_ALLOWED_HOSTS: comma- or space-separated, as app_from_env reads it.
+    allowed_hosts = tuple(h for item in allowed_hosts for h in item.split(",") if h.strip())
+    mode = "read-write" if allow_writes else "read-only"
+    click.echo(f"optuna-dashboard ({mode}) on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
+    serve(
+        storage,
+        artifacts,
+        host=host,
+        port=port,
+        allow_writes=allow_writes,
+        allowed_hosts=allowed_hosts,
+    )

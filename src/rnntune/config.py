@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ TUNABLE: dict[str, tuple[str, ...]] = {
     "batch_size": ("categorical", "int"),
     "num_layers": ("categorical", "int"),
     "dropout": ("float", "categorical"),
+    "readout": ("categorical",),
 }
+READOUTS: tuple[str, ...] = ("last", "mean")  # as models.READOUTS (config does not import torch)
 REQUIRED_PARAMS = ("hidden_size", "learning_rate", "batch_size")
 
 # The original study's search space, exactly.
@@ -79,6 +82,9 @@ class ExperimentConfig:
     tpe_startup_trials: int = 4
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    # False: one fixed split (tuning and every repeat). True: repeat i tests on split i
+    # (--resplit, the original study's protocol); tuning keeps the fixed split.
+    resplit: bool = False
 
     # -- derived -------------------------------------------------------------------------
     @property
@@ -88,6 +94,11 @@ class ExperimentConfig:
     def repeat_seed(self, repeat: int) -> int:
         """Repeat *i* has the same seed in every family, so the repeats are paired."""
         return self.seed * 1000 + 100 + repeat
+
+    def resplit_seed(self, repeat: int) -> int:
+        """With ``resplit``, repeat *i* draws split *i* with this seed: the same in every family,
+        so the repeats stay paired, and never the fixed split's seed."""
+        return self.seed * 1000 + 900_000 + repeat
 
     def trial_seed(self, original_trial_number: int) -> int:
         """A trial's training seed; a retry keeps its original trial's seed (and checkpoint)."""
@@ -106,6 +117,8 @@ class ExperimentConfig:
         """What must match for two runs to be the same experiment (the name is the key)."""
         d = self.to_dict()
         d.pop("name")
+        if not d["resplit"]:  # the default: experiments registered before the option keep
+            d.pop("resplit")  # their digest
         return d
 
     def digest(self) -> str:
@@ -131,6 +144,7 @@ OPTION_TYPES: dict[str, type] = {
     "seed": int,
     "objective": str,
     "tpe_startup_trials": int,
+    "resplit": bool,
 }
 
 
@@ -141,11 +155,26 @@ def read_file(path: str | Path) -> dict[str, Any]:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise ConfigError(f"experiment file {p} does not exist: check the --config path") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read experiment file {p} ({e}): check its permissions") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"experiment file {p} is not UTF-8 text (byte {e.object[e.start]:#x} at position "
+            f"{e.start}): save it as UTF-8"
+        ) from e
+    except IsADirectoryError as e:
+        raise ConfigError(f"experiment file {p} is a directory: pass the .toml file") from e
+    except OSError as e:
+        raise ConfigError(
+            f"cannot read experiment file {p} ({e.strerror or e}): check its permissions"
+        ) from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"experiment file {p} is not valid TOML ({e}): fix the syntax") from e
     out: dict[str, Any] = {}
+    for table in ("experiment", "search_space", "pruner"):
+        if table in raw and not isinstance(raw[table], dict):
+            raise ConfigError(
+                f"experiment file {p}: {table} must be a table ([{table}]), got "
+                f"{_tname(raw[table])}; write it as a [{table}] section"
+            )
     unknown = set(raw) - {"experiment", "search_space", "pruner"}
     if unknown:
         raise ConfigError(
@@ -161,8 +190,6 @@ def read_file(path: str | Path) -> dict[str, Any]:
             f"known keys: {', '.join(sorted(allowed))}"
         )
     out.update(exp)
-    if "families" in out:
-        out["families"] = tuple(out["families"])
     if "search_space" in raw:
         out["search_space"] = raw["search_space"]
     if "pruner" in raw:
@@ -186,10 +213,20 @@ def build(explicit: dict[str, Any], base: ExperimentConfig | None = None) -> Exp
             continue
         if key == "pruner":
             pr = value if isinstance(value, dict) else {"type": value}
-            values["pruner"] = replace(cfg.pruner, **pr) if base is not None else PrunerConfig(**pr)
+            values["pruner"] = _pruner(pr, cfg.pruner if base is not None else PrunerConfig())
         elif key == "families":
+            if isinstance(value, str) or not isinstance(value, list | tuple):
+                raise ConfigError(
+                    f"families must be a list of names among {', '.join(FAMILIES)}, got "
+                    f'{value!r}; write families = ["gru", "lstm"]'
+                )
             values["families"] = tuple(value)
         elif key == "search_space":
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"search_space must be a table of parameters, got {_tname(value)}; "
+                    "write [search_space.hidden_size] sections"
+                )
             # Entries replace or add parameters: a file that only adds `num_layers` keeps the
             # original study's space for the rest.
             values["search_space"] = json.loads(json.dumps({**cfg.search_space, **value}))
@@ -200,44 +237,175 @@ def build(explicit: dict[str, Any], base: ExperimentConfig | None = None) -> Exp
     return validate(replace(cfg, **values))
 
 
+def _tname(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
 def _coerce(key: str, value: Any) -> Any:
+    """CLI and env values arrive as their declared type; file values may be anything TOML has.
+    A bool is not an integer and 10.9 is not 10: both are refused rather than converted."""
     typ = OPTION_TYPES[key]
-    try:
-        return typ(value)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{key} must be {typ.__name__}, got {value!r}") from e
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            return int(value)
+        raise ConfigError(
+            f"{key} must be a whole number, got {_tname(value)} {value!r}; write {key} = 10"
+        )
+    if not isinstance(value, str):
+        raise ConfigError(
+            f'{key} must be a string, got {_tname(value)} {value!r}; write {key} = "..."'
+        )
+    return value
+
+
+def _pruner(given: dict[str, Any], base: PrunerConfig) -> PrunerConfig:
+    known = {f.name for f in fields(PrunerConfig)}
+    bad = set(given) - known
+    if bad:
+        raise ConfigError(
+            f"unknown pruner setting(s) {sorted(bad)}; known settings: {', '.join(sorted(known))}"
+        )
+    return replace(base, **given)
+
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_NAME = 200
+# Repeat seeds (seed*1000+100+r) are stored as 32-bit integers and split seeds go to numpy
+# (< 2**32): with seed <= MAX_SEED, repeats <= MAX_REPEATS and trial seeds
+# (seed*1000+500000+n) every derived seed stays below 2**31.
+MAX_SEED = 2_000_000
+MAX_REPEATS = 1000
+MAX_TRIALS = 100_000
+MAX_EPOCHS = 100_000
 
 
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
-    if not cfg.name or any(c in cfg.name for c in "/\\ \t\n") or len(cfg.name) > 200:
+    if not isinstance(cfg.name, str) or not NAME_RE.fullmatch(cfg.name) or len(cfg.name) > MAX_NAME:
         raise ConfigError(
-            f"experiment name {cfg.name!r} is not usable: use letters, digits, '-', '_' or '.'"
+            f"experiment name {cfg.name!r} is not usable: start with a letter or digit and use "
+            f"only letters, digits, '-', '_' or '.' (at most {MAX_NAME} characters)"
         )
-    for key, low in (("trials", 1), ("repeats", 1), ("max_epochs", 1), ("patience", 1)):
-        if getattr(cfg, key) < low:
+    for key, low, high in (
+        ("trials", 1, MAX_TRIALS),
+        ("repeats", 1, MAX_REPEATS),
+        ("max_epochs", 1, MAX_EPOCHS),
+        ("patience", 1, MAX_EPOCHS),
+        ("seed", 0, MAX_SEED),
+        ("tpe_startup_trials", 0, MAX_TRIALS),
+    ):
+        value = getattr(cfg, key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{key} must be a whole number, got {value!r}")
+        if value < low:
+            raise ConfigError(f"--{key.replace('_', '-')} must be at least {low}, got {value}")
+        if value > high:
             raise ConfigError(
-                f"--{key.replace('_', '-')} must be at least {low}, got {getattr(cfg, key)}"
+                f"--{key.replace('_', '-')} must be at most {high:,}, got {value:,}; "
+                f"pass a value in {low}..{high}"
             )
-    if cfg.seed < 0:
-        raise ConfigError(f"--seed must be a non-negative integer, got {cfg.seed}")
     if cfg.objective not in METRICS:
         raise ConfigError(
             f"unknown objective {cfg.objective!r}: choose one of {', '.join(METRICS)}"
         )
     if (
         not cfg.families
+        or not all(isinstance(f, str) for f in cfg.families)
         or set(cfg.families) - set(FAMILIES)
         or len(set(cfg.families)) != len(cfg.families)
     ):
         raise ConfigError(
             f"families must be distinct names among {', '.join(FAMILIES)}, got {list(cfg.families)}"
         )
-    if cfg.pruner.type not in PRUNERS:
-        raise ConfigError(f"unknown pruner {cfg.pruner.type!r}: choose one of {', '.join(PRUNERS)}")
+    if not isinstance(cfg.data, str) or not cfg.data.strip():
+        raise ConfigError(f"data must be a data spec string, got {cfg.data!r}")
     if not (0 < cfg.val_fraction < 0.5 and 0 < cfg.test_fraction < 0.5):
         raise ConfigError("val_fraction and test_fraction must each be between 0 and 0.5")
+    validate_pruner(cfg.pruner, cfg.max_epochs)
     validate_search_space(cfg.search_space)
     return cfg
+
+
+def validate_pruner(p: PrunerConfig, max_epochs: int = 10) -> None:
+    if p.type not in PRUNERS:
+        raise ConfigError(f"unknown pruner {p.type!r}: choose one of {', '.join(PRUNERS)}")
+    for key in ("n_startup_trials", "n_warmup_steps"):
+        v = getattr(p, key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError(
+                f"pruner.{key} must be a whole number >= 0, got {v!r}; e.g. {key} = 3"
+            )
+    pc = p.percentile
+    if not isinstance(pc, int | float) or isinstance(pc, bool) or not 0 <= pc <= 100:
+        raise ConfigError(f"pruner.percentile must be a number in 0..100, got {pc!r}")
+    # Build it, so a pruner `init` accepts can never crash a worker.
+    try:
+        build_pruner(p, max_epochs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"pruner settings are not usable ({e}); fix the [pruner] table") from e
+
+
+def build_pruner(p: PrunerConfig, max_epochs: int) -> Any:
+    """The Optuna pruner of a pruner config (validation builds it once; workers use it)."""
+    import optuna
+
+    if p.type == "none":
+        return optuna.pruners.NopPruner()
+    if p.type == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+        )
+    if p.type == "percentile":
+        return optuna.pruners.PercentilePruner(
+            p.percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+        )
+    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs)
+
+
+def build_distributions(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The Optuna distributions of a search space (validation builds them; workers use them)."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    out: dict[str, Any] = {}
+    for name, spec in space.items():
+        kind = spec["type"]
+        if kind == "categorical":
+            out[name] = CategoricalDistribution(list(spec["choices"]))
+        elif kind == "float":
+            out[name] = FloatDistribution(
+                spec["low"], spec["high"], log=bool(spec.get("log", False)), step=spec.get("step")
+            )
+        else:
+            out[name] = IntDistribution(
+                spec["low"],
+                spec["high"],
+                log=bool(spec.get("log", False)),
+                step=spec.get("step", 1),
+            )
+    return out
 
 
 def validate_search_space(space: dict[str, dict[str, Any]]) -> None:
@@ -254,9 +422,18 @@ def validate_search_space(space: dict[str, dict[str, Any]]) -> None:
         if not isinstance(spec, dict) or "type" not in spec:
             raise ConfigError(f'{where}: give a table with type = "categorical"|"float"|"int"')
         kind = spec["type"]
-        if kind not in TUNABLE[name]:
+        if not isinstance(kind, str) or kind not in TUNABLE[name]:
             raise ConfigError(
                 f"{where}: type {kind!r} not allowed; use {' or '.join(TUNABLE[name])}"
+            )
+        allowed = (
+            {"type", "choices"} if kind == "categorical" else {"type", "low", "high", "log", "step"}
+        )
+        extra = set(spec) - allowed
+        if extra:
+            raise ConfigError(
+                f"{where}: unknown key(s) {sorted(extra)} for type {kind!r}; "
+                f"use {', '.join(sorted(allowed))}"
             )
         if kind == "categorical":
             choices = spec.get("choices")
@@ -270,10 +447,36 @@ def validate_search_space(space: dict[str, dict[str, Any]]) -> None:
                 raise ConfigError(
                     f"{where}: needs numbers low <= high, got low={low!r} high={high!r}"
                 )
+            if isinstance(low, bool) or isinstance(high, bool):
+                raise ConfigError(f"{where}: low and high must be numbers, not booleans")
+            if not isinstance(spec.get("log", False), bool):
+                raise ConfigError(f"{where}: log must be true or false, got {spec['log']!r}")
+            step = spec.get("step")
+            if step is not None:
+                if not isinstance(step, int | float) or isinstance(step, bool) or not step > 0:
+                    raise ConfigError(f"{where}: step must be a number > 0, got {step!r}")
+                if spec.get("log"):
+                    raise ConfigError(f"{where}: give either log = true or a step, not both")
+                if kind == "int" and not isinstance(step, int):
+                    raise ConfigError(f"{where}: an int parameter needs a whole-number step")
+                # Optuna would silently lower `high` to the last multiple of step: say so.
+                span = Decimal(str(high)) - Decimal(str(low))
+                if span % Decimal(str(step)) != 0:
+                    fixed = span // Decimal(str(step)) * Decimal(str(step)) + Decimal(str(low))
+                    raise ConfigError(
+                        f"{where}: high - low ({high} - {low}) is not a multiple of step {step}; "
+                        f"use high = {fixed}"
+                    )
+            if kind == "int" and not (isinstance(low, int) and isinstance(high, int)):
+                raise ConfigError(f"{where}: an int parameter needs whole-number low and high")
             if spec.get("log") and low <= 0:
                 raise ConfigError(f"{where}: a log scale needs low > 0")
             _check_value(name, low, where)
             _check_value(name, high, where)
+    try:
+        build_distributions(space)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"search space is not usable ({e}); fix the [search_space] table") from e
 
 
 def _check_value(name: str, v: Any, where: str) -> None:
@@ -281,11 +484,14 @@ def _check_value(name: str, v: Any, where: str) -> None:
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"{where}: values must be positive integers, got {v!r}")
     elif name == "learning_rate":
-        if not isinstance(v, int | float) or not (0 < v < 10) or math.isnan(v):
+        if not isinstance(v, int | float) or isinstance(v, bool) or not (0 < v < 10):
             raise ConfigError(f"{where}: learning rates must be in (0, 10), got {v!r}")
     elif name == "dropout":
-        if not isinstance(v, int | float) or not (0 <= v < 1):
+        if not isinstance(v, int | float) or isinstance(v, bool) or not (0 <= v < 1):
             raise ConfigError(f"{where}: dropout must be in [0, 1), got {v!r}")
+    elif name == "readout":
+        if v not in READOUTS:
+            raise ConfigError(f"{where}: readout must be one of {', '.join(READOUTS)}, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -316,6 +522,34 @@ class Runtime:
                 f"({hb or 5}s), or live trials would be failed as stale"
             )
         if self.threads < 1:
-            raise ConfigError("--threads must be at least 1")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"unknown device {self.device!r}: use auto, cpu or cuda")
+            raise ConfigError(f"--threads must be at least 1, got {self.threads}")
+        if self.threads > 1024:
+            raise ConfigError(f"--threads must be at most 1024, got {self.threads}")
+        if grace is not None and grace > 7 * 24 * 3600:
+            raise ConfigError(f"--grace-period must be at most one week (604800 s), got {grace}")
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,3})?", self.device):
+            raise ConfigError(
+                f"unknown device {self.device!r}: use auto, cpu, cuda or cuda:N (N a GPU number)"
+            )
+
+
+def check_writable_dir(path: str | Path, option: str) -> Path:
+    """Create ``path`` if needed and prove it writable by writing a file there, or raise a
+    ConfigError naming ``option``. Called before anything is stored, so a bad ``--out`` or
+    ``--artifacts`` is refused at the start instead of after hours of work."""
+    import os
+    import tempfile
+
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".rnntune-write-test-", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise ConfigError(
+            f"{option} {p} is not a writable directory ({reason}): pass {option} DIR pointing "
+            "at a directory you can write to"
+        ) from e
+    return p

@@ -1,8 +1,17 @@
 """optuna-dashboard on rnntune's study database, served by gunicorn.
 
-The dashboard is a read-only consumer of the schema: it opens the storage with
-``skip_table_creation=True`` and never migrates (only ``rnntune init`` does). optuna-dashboard
-has no authentication, so :func:`serve` binds 127.0.0.1 unless told otherwise; put an
+The dashboard only reads, by default. optuna-dashboard itself can delete and rename studies,
+set a trial's state and write notes, with no authentication and no read-only switch, so every
+app built here is wrapped in :func:`guard`:
+
+- requests other than GET/HEAD/OPTIONS are refused (403) unless writes were allowed explicitly
+  (``rnntune dashboard --allow-writes``, RNNTUNE_DASHBOARD_ALLOW_WRITES=1);
+- the ``Host`` header must name this machine (localhost, 127.0.0.1, [::1]) or a host allowed
+  with ``--allowed-host`` (RNNTUNE_DASHBOARD_ALLOWED_HOSTS): a web page that rebinds its own
+  DNS name to 127.0.0.1 cannot drive it.
+
+It opens the storage with ``skip_table_creation=True`` and never migrates (only
+``rnntune init`` does), and :func:`serve` binds 127.0.0.1 unless told otherwise; put an
 authenticating reverse proxy in front of it before exposing it (README, "The dashboard").
 
 Three entry points, one app:
@@ -16,23 +25,75 @@ Three entry points, one app:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import optuna_dashboard  # type: ignore[import-untyped]
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 
 from rnntune.exceptions import ConfigError
-from rnntune.storage import artifact_store, open_optuna_storage
+from rnntune.storage import artifact_store, open_optuna_storage, storage_from_env
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 WSGIApp = Callable[..., Any]
 
 
-def make_app(storage_url: str, artifacts_dir: str | None = None) -> WSGIApp:
-    """The optuna-dashboard WSGI app on ``storage_url``, with the shared artifact store if given.
+def _host_name(header: str) -> str:
+    """``Host`` without its port, lower case: ``[::1]:8080`` -> ``[::1]``."""
+    h = header.strip().lower()
+    if h.startswith("["):
+        return h[: h.find("]") + 1] if "]" in h else h
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+def guard(
+    app: WSGIApp, *, allow_writes: bool = False, allowed_hosts: Iterable[str] = ()
+) -> WSGIApp:
+    """Refuse writes (unless ``allow_writes``) and requests whose Host is not allowed."""
+    hosts = {_host_name(h) for h in (*LOCAL_HOSTS, *allowed_hosts) if h.strip()}
+
+    def refuse(start_response: Callable[..., Any], status: str, text: str) -> list[bytes]:
+        body = (text + "\n").encode()
+        start_response(
+            status,
+            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        host = _host_name(environ.get("HTTP_HOST", ""))
+        if host not in hosts:
+            return refuse(
+                start_response,
+                "403 Forbidden",
+                f"Host {environ.get('HTTP_HOST', '')!r} is not allowed: open the dashboard as "
+                "http://127.0.0.1:PORT/, or start it with --allowed-host NAME",
+            )
+        if not allow_writes and environ.get("REQUEST_METHOD", "GET").upper() not in SAFE_METHODS:
+            return refuse(
+                start_response,
+                "403 Forbidden",
+                "this dashboard is read-only (deleting studies, telling trials, renames and "
+                "notes are refused): restart it with --allow-writes to allow changes",
+            )
+        return app(environ, start_response)
+
+    return guarded
+
+
+def make_app(
+    storage_url: str,
+    artifacts_dir: str | None = None,
+    *,
+    allow_writes: bool = False,
+    allowed_hosts: Iterable[str] = (),
+) -> WSGIApp:
+    """The optuna-dashboard WSGI app on ``storage_url``, with the shared artifact store if given,
+    read-only and Host-checked unless told otherwise (:func:`guard`).
 
     Raises rnntune's StorageError (with the fix in its message) when the database is unreachable
     or has no Optuna schema yet.
@@ -40,22 +101,35 @@ def make_app(storage_url: str, artifacts_dir: str | None = None) -> WSGIApp:
     storage = open_optuna_storage(storage_url, read_only=True)
     store = artifact_store(artifacts_dir) if artifacts_dir else None
     app: WSGIApp = optuna_dashboard.wsgi(storage, artifact_store=store)
-    return app
+    return guard(app, allow_writes=allow_writes, allowed_hosts=allowed_hosts)
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def app_from_env() -> WSGIApp:
     """WSGI factory for ``gunicorn 'rnntune.dashboard:app_from_env()'``.
 
-    Reads RNNTUNE_STORAGE (required) and RNNTUNE_ARTIFACTS (optional), the variables every other
-    rnntune command reads, so one environment serves the whole stack.
+    Reads RNNTUNE_STORAGE or RNNTUNE_STORAGE_FILE (required; RNNTUNE_STORAGE_PASSWORD_FILE for
+    the password) and RNNTUNE_ARTIFACTS (optional), the variables every other rnntune command
+    reads, so one environment serves the whole stack; RNNTUNE_DASHBOARD_ALLOW_WRITES and
+    RNNTUNE_DASHBOARD_ALLOWED_HOSTS (comma-separated) as :func:`guard` says.
     """
-    storage_url = os.environ.get("RNNTUNE_STORAGE", "").strip()
-    if not storage_url:
+    given = os.environ.get("RNNTUNE_STORAGE", "").strip()
+    if not given and not os.environ.get("RNNTUNE_STORAGE_FILE"):
         raise ConfigError(
             "RNNTUNE_STORAGE is not set: point it at the study database, e.g. "
-            "postgresql://rnntune:PASSWORD@db:5432/rnntune"
+            "postgresql://rnntune_dashboard@db:5432/rnntune with the password in "
+            "RNNTUNE_STORAGE_PASSWORD_FILE"
         )
-    return make_app(storage_url, os.environ.get("RNNTUNE_ARTIFACTS") or None)
+    hosts = os.environ.get("RNNTUNE_DASHBOARD_ALLOWED_HOSTS", "")
+    return make_app(
+        storage_from_env(given),
+        os.environ.get("RNNTUNE_ARTIFACTS") or None,
+        allow_writes=_truthy(os.environ.get("RNNTUNE_DASHBOARD_ALLOW_WRITES")),
+        allowed_hosts=[h for h in hosts.split(",") if h.strip()],
+    )
 
 
 class _GunicornServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
@@ -85,6 +159,9 @@ def serve(
     port: int = DEFAULT_PORT,
     workers: int = 2,
     threads: int = 4,
+    *,
+    allow_writes: bool = False,
+    allowed_hosts: Iterable[str] = (),
 ) -> None:
     """Serve the dashboard under gunicorn until SIGINT/SIGTERM; blocks.
 
@@ -105,4 +182,12 @@ def serve(
         # dashboards on one host would share the path, and nothing here needs it.
         "control_socket_disable": True,
     }
-    _GunicornServer(lambda: make_app(storage_url, artifacts_dir), options).run()
+    hosts = list(allowed_hosts)
+    if host not in ("0.0.0.0", "::", ""):
+        hosts.append(f"[{host}]" if ":" in host else host)  # the name it was asked to bind
+    _GunicornServer(
+        lambda: make_app(
+            storage_url, artifacts_dir, allow_writes=allow_writes, allowed_hosts=hosts
+        ),
+        options,
+    ).run()

@@ -15,7 +15,7 @@ keeps killing its worker, e.g. out of memory) is failed with that reason instead
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -30,7 +30,7 @@ from rnntune.config import ExperimentConfig, Runtime
 from rnntune.experiment import Experiment
 from rnntune.faults import failpoint
 from rnntune.storage import EvaluationRunRow, db_now, exclusive, is_sqlite, session_scope
-from rnntune.train import classification_metrics, fit, predict_proba
+from rnntune.train import FitResult, classification_metrics, fit, fit_ensemble, predict_proba
 from rnntune.tuning import model_and_train_config
 
 log = logging.getLogger(__name__)
@@ -126,55 +126,164 @@ def claim_job(
 _CAPPED = object()
 
 
+def claim_group(
+    engine: Engine,
+    exp: Experiment,
+    worker_id: str,
+    grace_period: int,
+    dead_workers: set[str],
+    device: str,
+    solo_families: frozenset[str] = frozenset(),
+) -> list[Job]:
+    """Claim up to k claimable repeats of one family in one transaction, to be trained as one
+    ensemble (:func:`run_group`); k is :func:`group_size` of the family's configuration on
+    ``device`` (1 for the families in ``solo_families``). Each repeat stays its own row: it is
+    heartbeated, completed, handed back and reclaimed on its own, so a group whose worker dies
+    is reclaimed repeat by repeat (as one group or several, or alone), each member resuming
+    from its own checkpoint. The first repeat is chosen as :func:`claim_job` chooses; the
+    others are that family's next claimable repeats. ``[]``: nothing to claim.
+    """
+    while True:
+        now = state.database_now(engine)
+        stale = now - timedelta(seconds=grace_period)
+        claimable = and_(
+            EvaluationRunRow.experiment_id == exp.id,
+            or_(
+                EvaluationRunRow.status == "pending",
+                and_(
+                    EvaluationRunRow.status == "running",
+                    or_(
+                        EvaluationRunRow.heartbeat_at < stale,
+                        EvaluationRunRow.worker_id.in_(sorted(dead_workers) or [""]),
+                    ),
+                ),
+            ),
+        )
+
+        def size(family: str, params: dict[str, Any]) -> int:
+            if family in solo_families:
+                return 1
+            return group_size(family, params, exp.config, device)
+
+        url = engine.url.render_as_string(hide_password=False)
+        if is_sqlite(url):
+            with exclusive(engine, f"rnntune:eval-claim:{exp.name}"):
+                jobs = _claim_group(engine, claimable, worker_id, size, skip_locked=False)
+        else:
+            jobs = _claim_group(engine, claimable, worker_id, size, skip_locked=True)
+        if jobs is not _CAPPED:
+            return jobs  # type: ignore[return-value]
+
+
+def _claim_group(
+    engine: Engine,
+    claimable: Any,
+    worker_id: str,
+    size: Callable[[str, dict[str, Any]], int],
+    skip_locked: bool,
+) -> list[Job] | object:
+    def locked(q: Any) -> Any:
+        return q.with_for_update(skip_locked=True) if skip_locked else q
+
+    with session_scope(engine) as s:
+        first = s.scalars(
+            locked(
+                select(EvaluationRunRow)
+                .where(claimable)
+                .order_by(EvaluationRunRow.repeat, EvaluationRunRow.family)
+                .limit(1)
+            )
+        ).first()
+        if first is None:
+            return []
+        rows = [first]
+        k = size(first.family, dict(first.params))
+        if k > 1:
+            rows += s.scalars(
+                locked(
+                    select(EvaluationRunRow)
+                    .where(
+                        claimable,
+                        EvaluationRunRow.family == first.family,
+                        EvaluationRunRow.id != first.id,
+                    )
+                    .order_by(EvaluationRunRow.repeat)
+                    .limit(k - 1)
+                )
+            ).all()
+        taken = [_take(row, worker_id) for row in rows]
+        jobs = [j for j in taken if j is not _CAPPED]
+        return jobs if jobs or len(taken) == 0 else _CAPPED
+
+
+def group_size(family: str, params: dict[str, Any], cfg: ExperimentConfig, device: str) -> int:
+    """How many repeats of ``family`` to train as one ensemble on ``device`` (at most the
+    experiment's repeats)."""
+    from rnntune import ensemble
+
+    if getattr(cfg, "resplit", False):
+        return 1  # --resplit: each repeat trains on its own split, so members share no data
+    model_cfg, _ = model_and_train_config(family, params, cfg, 1, 0, device)
+    return max(1, min(cfg.repeats, ensemble.group_size(model_cfg, device)))
+
+
 def _claim(engine: Engine, query: Any, worker_id: str) -> Job | None | object:
     with session_scope(engine) as s:
         row = s.scalars(query).first()
         if row is None:
             return None
-        if row.status == "running":
-            if row.reclaims >= state.MAX_REPEAT_RECLAIMS:
-                log.error(
-                    "%s repeat %d: its worker went silent %d times running it; failed",
-                    row.family,
-                    row.repeat,
-                    row.reclaims + 1,
-                )
-                row.status = "failed"
-                row.error = (
-                    f"its worker went silent {row.reclaims + 1} times running it (killed, out of "
-                    "memory?): see the workers' logs"
-                )
-                row.worker_id = None
-                row.heartbeat_at = None
-                return _CAPPED
-            log.warning(
-                "reclaiming %s repeat %d from silent worker %s",
+        return _take(row, worker_id)
+
+
+def _take(row: EvaluationRunRow, worker_id: str) -> Job | object:
+    """Claim ``row`` (locked in the caller's transaction) for ``worker_id``; ``_CAPPED`` if it
+    was failed instead because its workers keep going silent."""
+    if row.status == "running":
+        if row.reclaims >= state.MAX_REPEAT_RECLAIMS:
+            log.error(
+                "%s repeat %d: its worker went silent %d times running it; failed",
                 row.family,
                 row.repeat,
-                row.worker_id,
+                row.reclaims + 1,
             )
-            row.reclaims += 1
-        row.status = "running"
-        row.worker_id = worker_id
-        row.heartbeat_at = db_now()
-        if row.started_at is None:
-            row.started_at = db_now()
-        return Job(row.id, row.family, row.repeat, row.seed, dict(row.params), row.attempts)
+            row.status = "failed"
+            row.error = (
+                f"its worker went silent {row.reclaims + 1} times running it (killed, out of "
+                "memory?): see the workers' logs"
+            )
+            row.worker_id = None
+            row.heartbeat_at = None
+            return _CAPPED
+        log.warning(
+            "reclaiming %s repeat %d from silent worker %s",
+            row.family,
+            row.repeat,
+            row.worker_id,
+        )
+        row.reclaims += 1
+    row.status = "running"
+    row.worker_id = worker_id
+    row.heartbeat_at = db_now()
+    if row.started_at is None:
+        row.started_at = db_now()
+    return Job(row.id, row.family, row.repeat, row.seed, dict(row.params), row.attempts)
 
 
-def heartbeat(engine: Engine, job_id: int, worker_id: str) -> bool:
-    """Refresh the claim; False means another worker has reclaimed this job."""
+def heartbeat(engine: Engine, job_id: int | Sequence[int], worker_id: str) -> bool:
+    """Refresh the claim on one job or a group's (one statement); False means another worker
+    has reclaimed one of them."""
+    ids = [job_id] if isinstance(job_id, int) else list(job_id)
     with session_scope(engine) as s:
         res = s.execute(
             update(EvaluationRunRow)
             .where(
-                EvaluationRunRow.id == job_id,
+                EvaluationRunRow.id.in_(ids),
                 EvaluationRunRow.worker_id == worker_id,
                 EvaluationRunRow.status == "running",
             )
             .values(heartbeat_at=db_now())
         )
-        return res.rowcount == 1
+        return res.rowcount == len(ids)
 
 
 def release(engine: Engine, job: Job, worker_id: str, error: str | None = None) -> None:
@@ -197,6 +306,23 @@ def release(engine: Engine, job: Job, worker_id: str, error: str | None = None) 
                 EvaluationRunRow.status == "running",
             )
             .values(**values)
+        )
+
+
+def release_group(engine: Engine, jobs: Sequence[Job], worker_id: str) -> None:
+    """Hand a group's unfinished repeats back in one transaction (stopping, a worker fault, or
+    a training error whose member is not known: nothing is counted against them)."""
+    if not jobs:
+        return
+    with session_scope(engine) as s:
+        s.execute(
+            update(EvaluationRunRow)
+            .where(
+                EvaluationRunRow.id.in_([j.id for j in jobs]),
+                EvaluationRunRow.worker_id == worker_id,
+                EvaluationRunRow.status == "running",
+            )
+            .values(status="pending", worker_id=None, heartbeat_at=None)
         )
 
 
@@ -244,8 +370,48 @@ def run_job(
         on_epoch=lambda _r: failpoint("repeat.after_checkpoint"),
         should_stop=should_stop,
     )
+    # The checkpoint stays until the result is stored (remove_checkpoint, after complete()):
+    # a worker killed in between resumes from the last epoch instead of retraining the repeat.
+    return _tested(result, splits, runtime.device)
+
+
+def run_group(
+    jobs: Sequence[Job],
+    exp: Experiment,
+    splits: Any,
+    runtime: Runtime,
+    should_stop: Callable[[], bool],
+    on_done: Callable[[Job, dict[str, Any]], None],
+) -> None:
+    """Train a claimed group of one family's repeats as one ensemble (``train.fit_ensemble``):
+    each member as :func:`run_job` would train it alone, to within fp32 rounding. ``on_done``
+    gets each repeat's tested result as soon as that member has finished, while the others
+    may still train; every member's epoch checkpoint is at its solo path."""
+    cfg = exp.config
+    family = jobs[0].family
+    model_cfg = None
+    train_cfgs = []
+    for job in jobs:
+        model_cfg, train_cfg = model_and_train_config(
+            family, job.params, cfg, splits.X_train.shape[2], job.seed, runtime.device
+        )
+        train_cfgs.append(train_cfg)
+    assert model_cfg is not None
+    fit_ensemble(
+        model_cfg,
+        train_cfgs,
+        *splits.fit_parts(),
+        checkpoint_paths=[checkpoint_path(runtime.artifacts, cfg, job) for job in jobs],
+        on_epoch=lambda _results: failpoint("group.after_checkpoint"),
+        on_member_done=lambda i, r: on_done(jobs[i], _tested(r, splits, runtime.device)),
+        should_stop=should_stop,
+    )
+
+
+def _tested(result: FitResult, splits: Any, device: str) -> dict[str, Any]:
+    """A repeat's stored result: test metrics of the trained model and its training history."""
     # The test split is used here, and only here.
-    proba = predict_proba(result.model, splits.X_test, device=runtime.device)
+    proba = predict_proba(result.model, splits.X_test, device=device)
     metrics = classification_metrics(splits.y_test, proba)
     confusion = metrics.pop("confusion_matrix")
     report_text = metrics.pop("classification_report")
@@ -255,13 +421,16 @@ def run_job(
         "classification_report": report_text,
         "epochs_trained": result.epochs_trained,
         "epochs_history": [
-            {"epoch": h.epoch, "train_loss": h.train_loss, "val_metric": h.val_metric}
+            {
+                "epoch": h.epoch,
+                "train_loss": h.train_loss,
+                "val_metric": h.val_metric,
+                "val_loss": h.val_loss,
+            }
             for h in result.history
         ],
         "train_seconds": round(result.train_seconds, 3),
     }
-    # The checkpoint stays until the result is stored (remove_checkpoint, after complete()):
-    # a worker killed in between resumes from the last epoch instead of retraining the repeat.
     return out
 
 

@@ -111,6 +111,9 @@ class LoadedData:
     splits: data_mod.Splits
     fingerprint: str
     shape: tuple[int, ...]
+    labels_note: str | None = None
+    # Kept only with --resplit: the repeats draw their own splits from it.
+    dataset: data_mod.Dataset | None = None
 
 
 def load_data(cfg: ExperimentConfig, spec_override: str | None = None) -> LoadedData:
@@ -120,7 +123,58 @@ def load_data(cfg: ExperimentConfig, spec_override: str | None = None) -> Loaded
     splits = data_mod.split_dataset(
         ds, seed=cfg.split_seed, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction
     )
-    return LoadedData(splits=splits, fingerprint=fp, shape=tuple(ds.X.shape))
+    return LoadedData(
+        splits=splits,
+        fingerprint=fp,
+        shape=tuple(ds.X.shape),
+        labels_note=ds.labels_note,
+        dataset=ds if cfg.resplit else None,
+    )
+
+
+def repeat_splits(cfg: ExperimentConfig, loaded: LoadedData, repeat: int) -> data_mod.Splits:
+    """The split evaluation repeat ``repeat`` trains and tests on.
+
+    The fixed split (tuning's) by default; with ``resplit``, split *repeat*, drawn with
+    :meth:`ExperimentConfig.resplit_seed` - the same for every family, so repeats stay paired.
+    """
+    if not cfg.resplit:
+        return loaded.splits
+    assert loaded.dataset is not None, "load_data keeps the dataset when resplit is on"
+    return data_mod.resplit_dataset(
+        loaded.dataset,
+        seed=cfg.resplit_seed(repeat),
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+    )
+
+
+def split_summary(cfg: ExperimentConfig, splits: data_mod.Splits) -> dict[str, Any]:
+    """Where the split came from and the evaluation protocol, as the report states them."""
+    if cfg.resplit:
+        pooled = (
+            " The file's own parts are pooled and redrawn with their sizes."
+            if splits.source in (data_mod.SPLIT_GIVEN, data_mod.SPLIT_GIVEN_CARVED)
+            else ""
+        )
+        protocol = (
+            f"re-split per repeat (--resplit): repeat i trains and tests on split i, drawn "
+            f"stratified with seed {cfg.resplit_seed(0)} + i (the same for every family, so "
+            "repeats stay paired). Tuning used the fixed split below, so a re-split test part "
+            "may hold sequences that tuning trained or validated on; the spread includes the "
+            f"luck of the split.{pooled}"
+        )
+    else:
+        protocol = (
+            "fixed split: tuning and every repeat use the split below; its test part is never "
+            "seen by tuning."
+        )
+    return {
+        "source": splits.source,
+        "text": data_mod.split_source_text(splits.source, cfg.val_fraction, cfg.test_fraction),
+        "protocol": "resplit" if cfg.resplit else "fixed",
+        "protocol_text": protocol,
+    }
 
 
 def find_by_name(engine: Engine, name: str) -> Experiment | None:
@@ -183,10 +237,12 @@ def register(
             resolve_policy(existing, heartbeat_interval, grace_period)
             loaded = load_data(existing.config, data_override)
             verify_data(existing, loaded)
+            _check_studies(storage, existing.config)
             _create_studies(storage, existing.config)
             _forgive_given_up(storage, existing.config)
             return existing, False
         cfg = build(explicit)
+        _check_studies(storage, cfg)
         loaded = load_data(cfg, data_override)
         _create_studies(storage, cfg)
         failpoint("init.after_studies")
@@ -194,7 +250,10 @@ def register(
             "spec": cfg.data,
             "shape": list(loaded.shape),
             "splits": loaded.splits.describe(),
+            "split": split_summary(cfg, loaded.splits),
         }
+        if loaded.labels_note:
+            summary["labels"] = loaded.labels_note
         with session_scope(engine) as s:
             row = ExperimentRow(
                 name=cfg.name,
@@ -211,6 +270,37 @@ def register(
             exp = Experiment.from_row(row)
         log.info("registered experiment %s (%s)", cfg.name, loaded.fingerprint[:19])
         return exp, True
+
+
+def _check_studies(storage: RDBStorage, cfg: ExperimentConfig) -> None:
+    """Refuse to adopt a study of the same name that this experiment did not create.
+
+    ``create_study(load_if_exists=True)`` would take any study called ``<name>.<family>``: its
+    trials would count toward the budget, and a ``minimize`` study's best trial is the worst
+    configuration. An empty study without rnntune's attributes is our own half-made one (a
+    crash between creating it and tagging it), and is adopted.
+    """
+    for family in cfg.families:
+        name = cfg.study_name(family)
+        try:
+            study_id = storage.get_study_id_from_name(name)
+        except KeyError:
+            continue
+        owner = storage.get_study_user_attrs(study_id).get("rnntune_experiment")
+        directions = storage.get_study_directions(study_id)
+        problem = None
+        if directions != [optuna.study.StudyDirection.MAXIMIZE]:
+            problem = f"its direction is {', '.join(d.name.lower() for d in directions)}"
+        elif owner is not None and owner != cfg.name:
+            problem = f"it belongs to rnntune experiment {owner!r}"
+        elif owner is None and storage.get_all_trials(study_id, deepcopy=False):
+            problem = "it has trials but was not created by rnntune"
+        if problem:
+            raise ExperimentMismatchError(
+                f"a study named {name!r} already exists in {mask_url(str(storage.engine.url))} "
+                f"and {problem}; nothing was changed: use a new --experiment name (or delete "
+                "that study if it is yours to delete)"
+            )
 
 
 def _create_studies(storage: RDBStorage, cfg: ExperimentConfig) -> None:
@@ -258,6 +348,15 @@ def mark_finished(engine: Engine, exp: Experiment, report_path: str) -> None:
         if row.finished_at is None:
             row.finished_at = utcnow()
         row.report_path = report_path
+
+
+def store_reference_points(engine: Engine, exp: Experiment, points: dict[str, Any]) -> None:
+    """Keep the report's reference points (``rnntune.baselines``) with the experiment's data
+    summary: they depend on the split only, so they are computed once, by the final job."""
+    with session_scope(engine) as s:
+        row = s.get(ExperimentRow, exp.id)
+        assert row is not None
+        row.data_summary = {**(row.data_summary or {}), "baselines": points}
 
 
 def _diff(a: ExperimentConfig, b: ExperimentConfig) -> str:

@@ -41,6 +41,8 @@ ACTIONS = ("kill", "term", "db-error", "sleep", "error")
 # listed point is called, and the fault matrix exercises each one.
 POINTS: dict[str, str] = {
     # init: schema, experiment row, studies
+    "migrate.before_commit": "rnntune's schema changes are made, in one open transaction; "
+    "not committed yet",
     "init.after_migrate": "rnntune's schema upgraded; the experiment is not registered yet",
     "init.after_studies": "the family studies are created; the experiment row is not written yet",
     # claiming a trial (under the family lock)
@@ -61,6 +63,9 @@ POINTS: dict[str, str] = {
     "repeat.before_complete": "a repeat is trained and tested; its result is not written yet",
     "repeat.after_complete": "a repeat's result is written; its checkpoint is not removed yet",
     "repeat.after_release": "a repeat is handed back (pending) after SIGTERM, an error or a fault",
+    # evaluation repeats trained as one ensemble (a group of one family's repeats)
+    "group.after_claim": "a group of repeats is claimed (running, one transaction); no training",
+    "group.after_checkpoint": "every member's epoch checkpoint is on disk; next epoch not begun",
     # the final job's export
     "export.after_write": "the report files are written; nothing is uploaded to the studies yet",
     "export.after_upload": "the report is uploaded as artifacts; notes and attributes not yet",

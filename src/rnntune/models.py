@@ -13,9 +13,11 @@ from torch import nn
 
 from rnntune.exceptions import ConfigError
 
-__all__ = ["FAMILIES", "ModelConfig", "RecurrentClassifier"]
+__all__ = ["FAMILIES", "READOUTS", "ModelConfig", "RecurrentClassifier"]
 
 FAMILIES = ("rnn", "gru", "lstm")
+# What the head reads: the top layer's last step, or its mean over time (long sequences).
+READOUTS = ("last", "mean")
 
 _CELLS: dict[str, Callable[..., nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -30,10 +32,13 @@ class ModelConfig:
     num_layers: int = 1
     dropout: float = 0.0
     num_classes: int = 2
+    readout: str = "last"
 
     def __post_init__(self) -> None:
         if self.cell not in FAMILIES:
             raise ConfigError(f"unknown cell {self.cell!r}; use one of {', '.join(FAMILIES)}")
+        if self.readout not in READOUTS:
+            raise ConfigError(f"unknown readout {self.readout!r}; use one of {', '.join(READOUTS)}")
         for name in ("input_size", "hidden_size", "num_layers", "num_classes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -43,7 +48,8 @@ class ModelConfig:
 
 
 class RecurrentClassifier(nn.Module):
-    """``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` over the sequence, a linear head on the last step."""
+    """``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` over the sequence, a linear head on the last step
+    (or, with ``readout="mean"``, on the mean over all steps)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -60,5 +66,6 @@ class RecurrentClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes)`` for sequences ``x`` of shape ``(B, T, F)``."""
-        h = self.rnn(x)[0][:, -1]  # (B, H): last time step of the top layer
+        out = self.rnn(x)[0]  # (B, T, H): the top layer at every step
+        h = out[:, -1] if self.config.readout == "last" else out.mean(dim=1)  # (B, H)
         return self.head(h)  # (B, C)

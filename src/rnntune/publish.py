@@ -3,6 +3,10 @@
 For each family's study: the HTML report and the plots as study artifacts (``optuna.artifacts``,
 in the shared artifact store the dashboard serves), summary numbers as study user attributes, and
 a Markdown note with the family's verdict (``optuna_dashboard.save_note``).
+
+While the repeats run, :func:`publish_repeat_progress` keeps the same note and attributes up to
+date after every finished repeat (repeats done of the budget, running mean and 95% CI of the
+objective on the test parts), so the dashboard shows the evaluation as it happens.
 """
 
 from __future__ import annotations
@@ -18,11 +22,18 @@ import optuna
 from optuna.artifacts import upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna_dashboard import save_note  # type: ignore[import-untyped]
+from sqlalchemy import select
 
 from rnntune.experiment import Experiment
 from rnntune.faults import failpoint
 from rnntune.report import stats
-from rnntune.storage import artifact_store, load_study
+from rnntune.storage import (
+    EvaluationRunRow,
+    artifact_store,
+    exclusive,
+    load_study,
+    session_scope,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +47,12 @@ SUMMARY_METRICS = ("accuracy", "macro_f1", "weighted_f1", "roc_auc")
 # Where optuna.artifacts.upload_artifact keeps a study artifact's metadata (study system attr
 # ``artifacts:<id>``, JSON); optuna-dashboard reads the same keys.
 ARTIFACTS_ATTR_PREFIX = "artifacts:"
+# Set by the final publish: the per-repeat updates never overwrite the final note after it.
+FINAL_ATTR = "evaluation_final"
+
+
+def _publish_lock(exp: Experiment, family: str) -> str:
+    return f"rnntune:publish:{exp.config.study_name(family)}"
 
 
 def publish(
@@ -51,23 +68,109 @@ def publish(
     files = [Path(paths["html"]), Path(paths["json"])] + [Path(p) for p in plots.values()]
     comparison = report.get("comparison") or {}
     for family in exp.config.families:
-        study = load_study(storage, exp.config.study_name(family))
-        _upload_new(storage, study, store, files)
-        failpoint("export.after_upload")
-        fam = report["families"][family]
-        # NaN (a family without a finished repeat) is not JSON: the dashboard would choke on it.
-        summary = {
-            m: (mean if _finite(mean := fam["summary"][m].get("mean")) else None)
-            for m in SUMMARY_METRICS
-            if m in fam["summary"]
+        with exclusive(storage.engine, _publish_lock(exp, family)):
+            _publish_family(storage, exp, report, store, files, comparison, family)
+
+
+def _publish_family(
+    storage: Any,
+    exp: Experiment,
+    report: dict[str, Any],
+    store: Any,
+    files: list[Path],
+    comparison: dict[str, Any],
+    family: str,
+) -> None:
+    """One family's final note and attributes (the caller holds the family's publish lock)."""
+    study = load_study(storage, exp.config.study_name(family))
+    _upload_new(storage, study, store, files)
+    failpoint("export.after_upload")
+    fam = report["families"][family]
+    # NaN (a family without a finished repeat) is not JSON: the dashboard would choke on it.
+    summary = {
+        m: (mean if _finite(mean := fam["summary"][m].get("mean")) else None)
+        for m in SUMMARY_METRICS
+        if m in fam["summary"]
+    }
+    study.set_user_attr("evaluation_summary", summary)
+    study.set_user_attr(
+        "evaluation_repeats_done", sum(1 for r in fam["repeats"] if r["status"] == "done")
+    )
+    rank = next((r["rank"] for r in report["ranking"] if r["family"] == family), None)
+    study.set_user_attr("evaluation_rank", rank)
+    save_note(study, _note(family, report, comparison))
+    study.set_user_attr(FINAL_ATTR, True)
+
+
+def publish_repeat_progress(storage: Any, exp: Experiment, family: str) -> dict[str, Any] | None:
+    """Update ``family``'s study note and user attributes from its finished repeats.
+
+    Called by a worker after each repeat it completes. Serialised per family (two workers that
+    finish repeats together both count each other's), and a no-op once the final report is
+    published (a late update must not replace the verdict). Returns the attributes written, or
+    None when it did nothing.
+    """
+    cfg = exp.config
+    metric = cfg.objective
+    with exclusive(storage.engine, _publish_lock(exp, family)):
+        study = load_study(storage, cfg.study_name(family))
+        if study.user_attrs.get(FINAL_ATTR):
+            return None
+        with session_scope(storage.engine) as s:
+            rows = s.execute(
+                select(EvaluationRunRow.repeat, EvaluationRunRow.metrics)
+                .where(
+                    EvaluationRunRow.experiment_id == exp.id,
+                    EvaluationRunRow.family == family,
+                    EvaluationRunRow.status == "done",
+                )
+                .order_by(EvaluationRunRow.repeat)
+            ).all()
+        values = {r: float(m[metric]) for r, m in rows if m and _finite(m.get(metric))}
+        running = stats.summarize(list(values.values()))
+        attrs: dict[str, Any] = {
+            "evaluation_repeats_done": len(rows),
+            "evaluation_repeats_budget": cfg.repeats,
+            "evaluation_running_metric": metric,
+            "evaluation_running_mean": running["mean"] if values else None,
+            "evaluation_running_ci95": running["ci95"] if len(values) > 1 else None,
         }
-        study.set_user_attr("evaluation_summary", summary)
-        study.set_user_attr(
-            "evaluation_repeats_done", sum(1 for r in fam["repeats"] if r["status"] == "done")
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
+        save_note(study, _progress_note(family, cfg.repeats, metric, values, running))
+        return attrs
+
+
+def _progress_note(
+    family: str, budget: int, metric: str, values: dict[int, float], running: dict[str, Any]
+) -> str:
+    name = stats.display_family(family)
+    shown = stats.display_metric(metric)
+    lines = [
+        f"## {name}: evaluation in progress",
+        "",
+        f"**{len(values)} of {budget} repeats done** (this note follows every finished repeat).",
+        "",
+    ]
+    if len(values) >= 2:
+        lo, hi = running["ci95"]
+        lines.append(
+            f"Test {shown} so far: **{running['mean']:.4f}** ± {running['std']:.4f} (std), "
+            f"95% CI [{lo:.4f}, {hi:.4f}] over {len(values)} repeats."
         )
-        rank = next((r["rank"] for r in report["ranking"] if r["family"] == family), None)
-        study.set_user_attr("evaluation_rank", rank)
-        save_note(study, _note(family, report, comparison))
+    elif values:
+        lines.append(
+            f"Test {shown} so far: **{running['mean']:.4f}** (one repeat: the 95% CI needs two)."
+        )
+    if values:
+        lines += ["", f"| repeat | test {shown} |", "|---|---|"]
+        lines += [f"| {r} | {v:.4f} |" for r, v in values.items()]
+    lines += [
+        "",
+        "The verdict, the comparison between families and the full report replace this note "
+        "when all repeats are done.",
+    ]
+    return "\n".join(lines)
 
 
 def _upload_new(storage: Any, study: optuna.Study, store: Any, files: list[Path]) -> None:

@@ -9,15 +9,23 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rnntune import progress as progress_mod
+from rnntune import live as live_mod
 from rnntune.config import Runtime
 from rnntune.exceptions import RnntuneError
-from rnntune.experiment import Experiment, find_or_raise_by_name, mark_finished
+from rnntune.experiment import (
+    Experiment,
+    find_or_raise_by_name,
+    load_data,
+    mark_finished,
+    store_reference_points,
+    verify_data,
+)
 from rnntune.report import build_report, write_all
 
 log = logging.getLogger(__name__)
@@ -34,14 +42,15 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-def worker_command(storage: str, experiment: str, rt: Runtime, data: str | None) -> list[str]:
+def worker_command(experiment: str, rt: Runtime, data: str | None) -> list[str]:
+    """A worker's argv. No storage URL in it: argv is public (``ps``, /proc/PID/cmdline) and the
+    URL may hold the database password, so it goes in the child's environment instead
+    (:func:`worker_env`)."""
     cmd = [
         sys.executable,
         "-m",
         "rnntune",
         "worker",
-        "--storage",
-        storage,
         "--experiment",
         experiment,
         "--artifacts",
@@ -61,6 +70,18 @@ def worker_command(storage: str, experiment: str, rt: Runtime, data: str | None)
     return cmd
 
 
+def worker_env(storage_url: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a worker process: ours, with the storage URL in RNNTUNE_STORAGE (which
+    only this user and root can read) and the *_FILE variables dropped, as the URL is already
+    resolved."""
+    env = dict(os.environ if base is None else base)
+    env.pop("RNNTUNE_STORAGE_FILE", None)
+    env.pop("RNNTUNE_STORAGE_PASSWORD_FILE", None)
+    env["RNNTUNE_STORAGE"] = storage_url
+    env.setdefault("RNNTUNE_LOG_LEVEL", "WARNING")
+    return env
+
+
 def run_workers(
     storage: Any,
     storage_url: str,
@@ -70,15 +91,31 @@ def run_workers(
     data_override: str | None,
     echo: Callable[[str], None],
     poll: float = 2.0,
+    display: live_mod.Display | None = None,
 ) -> None:
-    """Start ``n_workers`` worker processes and print progress until they have all exited."""
-    env = dict(os.environ)
-    env.setdefault("RNNTUNE_LOG_LEVEL", "WARNING")
-    cmd = worker_command(storage_url, exp.name, rt, data_override)
+    """Start ``n_workers`` worker processes and show progress until they have all exited.
+
+    ``display``: where the live view goes (default: stdout, redrawn in place on a terminal).
+    """
+    display = display or live_mod.Display(sys.stdout)
+    env = worker_env(storage_url)
+    cmd = worker_command(exp.name, rt, data_override)
+    # On a terminal the workers' messages go through the display, which prints them above the
+    # view it redraws: written straight to the terminal, they would be drawn over.
+    err = subprocess.PIPE if display.tty else None
     procs = [
-        subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        subprocess.Popen(  # noqa: PLW1509
+            cmd, env=env, preexec_fn=_die_with_parent, stderr=err, text=True, errors="replace"
+        )
         for _ in range(n_workers)
     ]
+    relays = [
+        threading.Thread(target=_relay, args=(p.stderr, display), daemon=True)
+        for p in procs
+        if p.stderr is not None
+    ]
+    for t in relays:
+        t.start()
     stopping = False
 
     def forward(signum: int, _frame: Any) -> None:
@@ -89,21 +126,28 @@ def run_workers(
                 p.send_signal(signal.SIGTERM)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-    last = ""
     started = time.monotonic()
+
+    def show() -> None:
+        view: live_mod.Live | str
+        try:
+            view = live_mod.snapshot(storage, exp)
+        except Exception as e:  # noqa: BLE001 - progress display must not stop the run
+            view = f"(progress unavailable: {str(e).splitlines()[0]})"
+        display.show(view, time.monotonic() - started)
+
     try:
         while any(p.poll() is None for p in procs):
-            try:
-                line = progress_mod.read(storage, exp).line()
-            except Exception as e:  # noqa: BLE001 - progress display must not stop the run
-                line = f"(progress unavailable: {str(e).splitlines()[0]})"
-            if line != last:
-                echo(f"[{_clock(time.monotonic() - started)}] {line}")
-                last = line
+            show()
             time.sleep(poll)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        for t in relays:
+            t.join(timeout=5)
+        for p in procs:
+            if p.stderr is not None:
+                p.stderr.close()
     codes = [p.returncode for p in procs]
     if stopping:
         raise RnntuneError(
@@ -114,17 +158,36 @@ def run_workers(
             f"{sum(1 for c in codes if c)} of {n_workers} worker(s) failed (exit codes {codes}); "
             "see the messages above, fix the cause, and rerun `rnntune run` to continue"
         )
-    echo(f"[{_clock(time.monotonic() - started)}] {progress_mod.read(storage, exp).line()}")
+    show()
+    display.release()
+
+
+def _relay(stream: Any, display: live_mod.Display) -> None:
+    """Forward a worker's stderr, line by line, to ``display`` (until the worker exits)."""
+    for text in iter(stream.readline, ""):
+        display.message(text.rstrip("\n"))
 
 
 def finalize(
-    storage: Any, exp: Experiment, out_dir: str | Path, artifacts: str | None, device: str = "cpu"
+    storage: Any,
+    exp: Experiment,
+    out_dir: str | Path,
+    artifacts: str | None,
+    device: str = "cpu",
+    *,
+    data: str | None = None,
+    splits: Any = None,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Write report.md/.json/.html into ``out_dir`` and publish them to the dashboard.
 
-    ``device``: what the work ran on, as the report should say it (already resolved).
+    ``device``: what the work ran on, as the report should say it (already resolved). The
+    reference points are computed here once, from ``splits`` (or the experiment's data, at
+    ``data`` if given), and stored with the experiment for every later report.
     """
     exp = find_or_raise_by_name(storage.engine, exp.name)
+    if "baselines" not in (exp.data_summary or {}):
+        ensure_reference_points(storage.engine, exp, data=data, splits=splits)
+        exp = find_or_raise_by_name(storage.engine, exp.name)
     report = build_report(storage, exp, device=device)
     paths, plots = write_all(report, out_dir, REPORT_FORMATS)
     mark_finished(storage.engine, exp, str(paths["md"]))
@@ -136,6 +199,30 @@ def finalize(
         except Exception as e:  # noqa: BLE001 - the files on disk are the primary result
             log.warning("could not publish the report to the dashboard: %s", e)
     return report, paths
+
+
+def ensure_reference_points(
+    engine: Any, exp: Experiment, *, data: str | None = None, splits: Any = None
+) -> None:
+    """Compute the majority-class and classical baselines on the experiment's split and store
+    them (``rnntune.baselines``: numpy and scikit-learn only). A failure costs the report its
+    reference points, not the report: it is logged and the report says they are missing."""
+    from rnntune.baselines import reference_points
+
+    try:
+        if splits is None:
+            loaded = load_data(exp.config, data)
+            verify_data(exp, loaded)
+            splits = loaded.splits
+        t0 = time.perf_counter()
+        points = reference_points(
+            splits.X_train, splits.y_train, splits.X_test, splits.y_test, seed=exp.config.seed
+        )
+        points["seconds"] = round(time.perf_counter() - t0, 3)
+    except Exception as e:  # noqa: BLE001 - the trained families are the primary result
+        log.warning("no reference points for the report: %s", e)
+        return
+    store_reference_points(engine, exp, points)
 
 
 def summary_table(report: dict[str, Any]) -> str:
@@ -154,8 +241,3 @@ def summary_table(report: dict[str, Any]) -> str:
         )
     rows.append(report["verdict"])
     return "\n".join(rows)
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m:02d}:{s:02d}"

@@ -23,7 +23,7 @@ import os
 import pathlib
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,7 @@ from sklearn.metrics import (
 
 from rnntune.exceptions import ConfigError, DataError, Interrupted, TrainingError
 from rnntune.models import ModelConfig, RecurrentClassifier
+from rnntune.stopping import MIN_DELTA, EarlyStopping
 
 __all__ = [
     "METRICS",
@@ -52,6 +53,7 @@ __all__ = [
     "make_optimizer",
     "train_epoch",
     "fit",
+    "fit_ensemble",
     "predict_proba",
     "score",
     "classification_metrics",
@@ -61,7 +63,8 @@ logger = logging.getLogger(__name__)
 
 METRICS = ("macro_f1", "weighted_f1", "accuracy", "roc_auc")
 TARGET_NAMES = ("Normal", "Abnormal")
-_CHECKPOINT_FORMAT = 1
+# 2: the early-stopping state is an EarlyStopping's state_dict, and epochs record val_loss.
+_CHECKPOINT_FORMAT = 2
 _EVAL_BATCH = 4096
 
 
@@ -74,8 +77,9 @@ _EVAL_BATCH = 4096
 class TrainConfig:
     """How to train; validated on construction (the device is checked by :func:`fit`).
 
-    ``patience``: stop after this many epochs in a row without a better validation metric
-    (0 behaves as 1). ``seed`` fixes the initial weights, the batch order and dropout.
+    ``patience`` and ``min_delta``: the early-stopping rule of :mod:`rnntune.stopping` (the
+    patience used is at least a quarter of ``max_epochs``). ``seed`` fixes the initial
+    weights, the batch order and dropout.
     """
 
     learning_rate: float
@@ -85,6 +89,7 @@ class TrainConfig:
     seed: int = 0
     metric: str = "macro_f1"
     device: str = "cpu"
+    min_delta: float = MIN_DELTA
 
     def __post_init__(self) -> None:
         if not (isinstance(self.learning_rate, int | float) and 0 < self.learning_rate < math.inf):
@@ -97,16 +102,19 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.metric not in METRICS:
             raise ConfigError(f"unknown metric {self.metric!r}; use one of {', '.join(METRICS)}")
+        if not (isinstance(self.min_delta, int | float) and 0 <= self.min_delta < math.inf):
+            raise ConfigError(f"min_delta must be a finite number >= 0, got {self.min_delta!r}")
 
 
 @dataclass(frozen=True)
 class EpochResult:
-    """One finished epoch (``epoch`` is 1-based)."""
+    """One finished epoch (``epoch`` is 1-based); ``val_loss`` is the validation cross-entropy."""
 
     epoch: int
     train_loss: float
     val_metric: float
     seconds: float
+    val_loss: float = math.nan
 
 
 @dataclass
@@ -233,13 +241,15 @@ def train_epoch(
 class _Progress:
     """Everything besides weights, optimizer and RNG that a resumed run must restore."""
 
+    stopper: EarlyStopping
     epoch: int = 0
-    best_metric: float = -math.inf
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
-    bad_epochs: int = 0
-    stopped_early: bool = False
     history: list[EpochResult] = field(default_factory=list)
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.stopper.stopped
 
 
 def fit(
@@ -254,7 +264,8 @@ def fit(
     on_epoch: Callable[[EpochResult], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> FitResult:
-    """Train with early stopping on the validation metric (higher is better).
+    """Train with early stopping (:mod:`rnntune.stopping`); keep the best validation metric's
+    weights (higher is better).
 
     With ``checkpoint_path``, every finished epoch is checkpointed atomically *before*
     ``on_epoch`` is called (which may raise, e.g. ``optuna.TrialPruned``: it propagates), and
@@ -269,6 +280,7 @@ def fit(
     # Moved once; every epoch then gathers and slices on the device.
     X_t, y_t = torch.as_tensor(X_train, device=device), torch.as_tensor(y_train, device=device)
     X_v = torch.as_tensor(X_val, device=device)
+    y_v = torch.as_tensor(y_val, device=device)
     if checkpoint_path is not None:
         checkpoint_path = pathlib.Path(checkpoint_path)
 
@@ -279,15 +291,9 @@ def fit(
     optimizer = make_optimizer(model, train_config.learning_rate)
     shuffle = torch.Generator().manual_seed(train_config.seed)
 
-    meta = {
-        "format": _CHECKPOINT_FORMAT,
-        "model_config": asdict(model_config),
-        # The device is where, not what, a run trains: a trial checkpointed on a GPU worker
-        # may be resumed on a CPU worker (exact bit-identity holds on one device only).
-        "train_config": {k: v for k, v in asdict(train_config).items() if k != "device"},
-        "data": _data_signature(X_train, y_train, X_val, y_val) if checkpoint_path else "",
-    }
-    progress = _Progress()
+    meta = _meta(model_config, train_config, (X_train, y_train, X_val, y_val), checkpoint_path)
+    tc = train_config
+    progress = _Progress(_stopper(tc))
     if checkpoint_path is not None and checkpoint_path.exists():
         restored = _restore(checkpoint_path, meta, model, optimizer, shuffle, device)
         if restored is not None:
@@ -296,7 +302,6 @@ def fit(
     resumed_from = progress.epoch
 
     epochs_this_run: list[int] = []
-    tc = train_config
     while progress.epoch < tc.max_epochs and not progress.stopped_early:
         epoch = progress.epoch + 1
         t0 = time.perf_counter()
@@ -309,7 +314,8 @@ def fit(
                 f"(learning_rate={tc.learning_rate:g}); lower the learning rate or check the "
                 "data scale"
             )
-        proba = _predict_tensor(model, X_v).cpu().numpy()
+        proba_t, val_loss_t = _validate(model, X_v, y_v)
+        proba, val_loss = proba_t.cpu().numpy(), float(val_loss_t)
         if not np.isfinite(proba).all():
             raise TrainingError(
                 f"the model outputs NaN/inf after epoch {epoch} "
@@ -317,22 +323,18 @@ def fit(
             )
         val_metric = score(tc.metric, y_val, proba)
 
-        progress.epoch = epoch
-        if val_metric > progress.best_metric:  # NaN never counts as an improvement
-            progress.best_metric, progress.best_epoch, progress.bad_epochs = val_metric, epoch, 0
-            progress.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            progress.bad_epochs += 1
-        # Keras semantics: stop after `patience` epochs without improvement (0 acts as 1).
-        progress.stopped_early = progress.bad_epochs >= max(tc.patience, 1)
-        result = EpochResult(epoch, train_loss, val_metric, time.perf_counter() - t0)
+        _record_epoch(
+            progress, epoch, val_loss, val_metric, proba, lambda: _detached(model.state_dict())
+        )
+        result = EpochResult(epoch, train_loss, val_metric, time.perf_counter() - t0, val_loss)
         progress.history.append(result)
         epochs_this_run.append(epoch)
         logger.debug(
-            "epoch %d/%d loss %.4f val %s %.4f (%.2fs)",
+            "epoch %d/%d loss %.4f val loss %.4f %s %.4f (%.2fs)",
             epoch,
             tc.max_epochs,
             train_loss,
+            val_loss,
             tc.metric,
             val_metric,
             result.seconds,
@@ -346,7 +348,9 @@ def fit(
         model.load_state_dict(progress.best_state)
     return FitResult(
         model=model,
-        best_val_metric=progress.best_metric if progress.best_state is not None else math.nan,
+        best_val_metric=(
+            progress.stopper.best_metric if progress.best_state is not None else math.nan
+        ),
         best_epoch=progress.best_epoch,
         epochs_trained=progress.epoch,
         resumed_from_epoch=resumed_from,
@@ -355,6 +359,340 @@ def fit(
         stopped_early=progress.stopped_early,
         train_seconds=time.perf_counter() - started,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Repeats trained as one ensemble
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Member:
+    """One member of :func:`fit_ensemble`: what a solo :func:`fit` would hold for it."""
+
+    index: int
+    config: TrainConfig
+    path: pathlib.Path | None
+    meta: dict[str, Any]
+    shuffle: torch.Generator
+    torch_rng: torch.Tensor  # the global RNG state a solo run would checkpoint
+    progress: _Progress
+    resumed_from: int
+    state: dict[str, torch.Tensor]  # current weights (while not stacked)
+    adam: list[tuple[float, torch.Tensor, torch.Tensor]]  # per parameter: step, m, v
+    seconds: float = 0.0
+    epochs_this_run: list[int] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.progress.stopped_early or self.progress.epoch >= self.config.max_epochs
+
+
+_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, as make_optimizer uses
+
+
+def _adam_step(
+    params: list[torch.Tensor],
+    grads: tuple[torch.Tensor, ...],
+    m: list[torch.Tensor],
+    v: list[torch.Tensor],
+    steps: torch.Tensor,
+    lr: float,
+) -> None:
+    """Adam on stacked ``(k, ...)`` parameters with one step count per member (members resumed
+    from different epochs differ): torch's fused Adam formula, member by member."""
+    steps += 1
+    bc1 = 1 - _BETA1**steps  # float64 (k,)
+    bc2_sqrt = (1 - _BETA2**steps).sqrt()
+    step_size = (lr / bc1).to(params[0].dtype)
+    bc2_sqrt = bc2_sqrt.to(params[0].dtype)
+    with torch.no_grad():
+        for p, g, m_, v_ in zip(params, grads, m, v, strict=True):
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            m_.lerp_(g, 1 - _BETA1)
+            v_.mul_(_BETA2).addcmul_(g, g, value=1 - _BETA2)
+            denom = (v_.sqrt() / bc2_sqrt.view(shape)).add_(_EPS)
+            p.sub_(step_size.view(shape) * m_ / denom)
+
+
+def fit_ensemble(
+    model_config: ModelConfig,
+    train_configs: list[TrainConfig],
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    checkpoint_paths: list[pathlib.Path | None] | None = None,
+    on_epoch: Callable[[list[tuple[int, EpochResult]]], None] | None = None,
+    on_member_done: Callable[[int, FitResult], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[FitResult]:
+    """Train k models that differ only in their seed as one: what :func:`fit` gives for each
+    ``train_configs[i]``, within fp32 rounding, at little more than the cost of one.
+
+    Each member has the initial weights its seed gives alone, its own batch order, its own Adam
+    state and its own early stopping: a member that stops keeps its best weights and leaves
+    the ensemble (the others go on, faster). Each member's checkpoint is the one ``fit`` would
+    write for it, at the same path: a member resumes here or alone, from either's checkpoint,
+    and members resumed from different epochs train on together.
+
+    ``on_epoch`` gets ``[(member, EpochResult), ...]`` after every member's checkpoint of that
+    epoch is on disk; ``on_member_done(i, result)`` as soon as member ``i`` has finished (the
+    others may still be training); both may raise, which propagates. The result's
+    ``train_seconds`` is the member's share of the wall time (epochs are shared evenly among
+    the members training in them), so the members' sum is the time spent.
+
+    Within fp32 rounding: the batched products sum in another order than torch's per-model
+    kernels, so while training is stable a member's weights and predictions agree with its solo
+    run to about 1e-6, with the same epochs and decisions (tests/test_ensemble.py). Where
+    training is chaotic (a loss that jumps up, e.g. a tanh RNN over 140 steps at a high learning
+    rate), such differences grow as they would between two BLAS libraries or CPUs, and a member
+    may then follow another trajectory of the same distribution.
+    """
+    from rnntune import ensemble
+
+    started = time.perf_counter()
+    if not train_configs:
+        raise ConfigError("fit_ensemble needs at least one train config")
+    base = train_configs[0]
+    for tc in train_configs[1:]:
+        if replace(tc, seed=base.seed) != base:
+            raise ConfigError(
+                f"members of an ensemble must differ only in their seed; got {base} and {tc}"
+            )
+    if not ensemble.supports(model_config):
+        raise ConfigError(
+            f"{model_config.cell} with dropout between layers cannot be trained as an ensemble "
+            "(dropout masks come from torch's global random stream); train the repeats one by one"
+        )
+    paths = list(checkpoint_paths) if checkpoint_paths is not None else [None] * len(train_configs)
+    if len(paths) != len(train_configs):
+        raise ConfigError("give one checkpoint path (or None) per member")
+    device = resolve_device(base.device)
+    _check_arrays(model_config, X_train, y_train, X_val, y_val)
+    X_train, X_val = (np.ascontiguousarray(a, dtype=np.float32) for a in (X_train, X_val))
+    y_train, y_val = (np.ascontiguousarray(a, dtype=np.int64) for a in (y_train, y_val))
+    X_t, y_t = torch.as_tensor(X_train, device=device), torch.as_tensor(y_train, device=device)
+    X_v, y_v = torch.as_tensor(X_val, device=device), torch.as_tensor(y_val, device=device)
+    arrays = (X_train, y_train, X_val, y_val)
+    names = ensemble.param_names(model_config)
+
+    # Each member starts exactly as fit would: seeded, built, maybe restored from its checkpoint.
+    members: list[_Member] = []
+    for i, (tc, path) in enumerate(zip(train_configs, paths, strict=True)):
+        path = pathlib.Path(path) if path is not None else None
+        torch.manual_seed(tc.seed)
+        if device.type == "cuda":
+            torch.cuda.manual_seed_all(tc.seed)
+        model = RecurrentClassifier(model_config).to(device)
+        if [n for n, _ in model.named_parameters()] != names:
+            raise ConfigError(
+                "the model's parameters are not the ones the ensemble stacks "
+                f"({[n for n, _ in model.named_parameters()]}); train the repeats one by one"
+            )
+        optimizer = make_optimizer(model, tc.learning_rate)
+        shuffle = torch.Generator().manual_seed(tc.seed)
+        meta = _meta(model_config, tc, arrays, path)
+        progress = _Progress(_stopper(tc))
+        if path is not None and path.exists():
+            restored = _restore(path, meta, model, optimizer, shuffle, device)
+            if restored is not None:
+                progress = restored
+                logger.info("resuming %s after epoch %d", path, progress.epoch)
+        adam = []
+        for p in model.parameters():
+            st = optimizer.state.get(p)
+            if st:
+                adam.append((float(st["step"]), st["exp_avg"].detach(), st["exp_avg_sq"].detach()))
+            else:
+                adam.append((0.0, torch.zeros_like(p), torch.zeros_like(p)))
+        members.append(
+            _Member(
+                index=i,
+                config=tc,
+                path=path,
+                meta=meta,
+                shuffle=shuffle,
+                torch_rng=torch.get_rng_state(),
+                progress=progress,
+                resumed_from=progress.epoch,
+                state=_detached(model.state_dict()),
+                adam=adam,
+            )
+        )
+    solo = RecurrentClassifier(model_config).to(device)  # to write checkpoints and results
+    solo_optimizer = make_optimizer(solo, base.learning_rate)
+    results: list[FitResult | None] = [None] * len(members)
+
+    def finish(member: _Member) -> None:
+        model = RecurrentClassifier(model_config).to(device)
+        pr = member.progress
+        model.load_state_dict(pr.best_state if pr.best_state is not None else member.state)
+        results[member.index] = result = FitResult(
+            model=model,
+            best_val_metric=pr.stopper.best_metric if pr.best_state is not None else math.nan,
+            best_epoch=pr.best_epoch,
+            epochs_trained=pr.epoch,
+            resumed_from_epoch=member.resumed_from,
+            epochs_this_run=list(member.epochs_this_run),
+            history=list(pr.history),
+            stopped_early=pr.stopped_early,
+            train_seconds=member.seconds,
+        )
+        if on_member_done is not None:
+            on_member_done(member.index, result)
+
+    def save(member: _Member) -> None:
+        solo.load_state_dict(member.state)
+        for p, (step, m, v) in zip(solo.parameters(), member.adam, strict=True):
+            solo_optimizer.state[p] = {
+                "step": torch.tensor(step, dtype=torch.float32, device=device),
+                "exp_avg": m,
+                "exp_avg_sq": v,
+            }
+        assert member.path is not None
+        _save(
+            member.path,
+            member.meta,
+            solo,
+            solo_optimizer,
+            member.shuffle,
+            member.progress,
+            device,
+            torch_rng=member.torch_rng,
+        )
+
+    for member in members:
+        if member.finished:
+            finish(member)
+    active = [m for m in members if not m.finished]
+    n, bs, lr = X_t.shape[0], base.batch_size, base.learning_rate
+    while active:
+        # Stack the members still training: parameters, Adam moments, step counts.
+        params = [torch.stack([m.state[name] for m in active]).requires_grad_() for name in names]
+        exp_avg = [torch.stack([m.adam[j][1] for m in active]) for j in range(len(names))]
+        exp_avg_sq = [torch.stack([m.adam[j][2] for m in active]) for j in range(len(names))]
+        steps = torch.tensor([m.adam[0][0] for m in active], dtype=torch.float64)
+        while True:
+            t0 = time.perf_counter()
+            perm = torch.stack([torch.randperm(n, generator=m.shuffle) for m in active])
+            perm = perm.to(device, non_blocking=True)  # (k, N): each member its own order
+            total = torch.zeros(len(active), dtype=torch.float32, device=device)
+            for start in range(0, n, bs):
+                if should_stop is not None and should_stop():
+                    raise Interrupted(
+                        "training was asked to stop; the last finished epoch's checkpoints "
+                        "are kept, run again to resume"
+                    )
+                idx = perm[:, start : start + bs]  # (k, b)
+                losses = ensemble.member_losses(
+                    ensemble.logits(model_config, params, X_t[idx]), y_t[idx]
+                )
+                grads = torch.autograd.grad(losses.sum(), params)
+                _adam_step(params, grads, exp_avg, exp_avg_sq, steps, lr)
+                total.add_(losses.detach(), alpha=idx.shape[1])
+            train_losses = (total / n).tolist()
+            with torch.inference_mode():
+                val_logits = torch.cat(
+                    [ensemble.logits(model_config, params, xb) for xb in X_v.split(_EVAL_BATCH)],
+                    dim=1,
+                ).float()  # (k, N_val, C)
+                val_losses = ensemble.member_losses(
+                    val_logits, y_v.expand(len(active), -1)
+                ).tolist()  # as fit's: the mean cross-entropy over the validation split
+                proba = torch.softmax(val_logits, dim=-1)[..., 1].cpu().numpy()  # (k, N_val)
+            seconds = (time.perf_counter() - t0) / len(active)
+            epoch_results = []
+            for j, m in enumerate(active):
+                epoch = m.progress.epoch + 1
+                if not math.isfinite(train_losses[j]):
+                    raise TrainingError(
+                        f"training loss became {train_losses[j]} in epoch {epoch} "
+                        f"(learning_rate={lr:g}, seed {m.config.seed}); lower the learning "
+                        "rate or check the data scale"
+                    )
+                if not np.isfinite(proba[j]).all():
+                    raise TrainingError(
+                        f"the model outputs NaN/inf after epoch {epoch} (learning_rate={lr:g}, "
+                        f"seed {m.config.seed}); lower the learning rate"
+                    )
+                val_metric = score(base.metric, y_val, proba[j])
+                m.state = {
+                    name: p[j].detach().clone() for name, p in zip(names, params, strict=False)
+                }
+                m.adam = [
+                    (float(steps[j]), a[j].clone(), b[j].clone())
+                    for a, b in zip(exp_avg, exp_avg_sq, strict=True)
+                ]
+                _record_epoch(
+                    m.progress,
+                    epoch,
+                    val_losses[j],
+                    val_metric,
+                    proba[j],
+                    lambda m=m: dict(m.state),
+                )
+                result = EpochResult(epoch, train_losses[j], val_metric, seconds, val_losses[j])
+                m.progress.history.append(result)
+                m.epochs_this_run.append(epoch)
+                m.seconds += seconds
+                epoch_results.append((m.index, result))
+            for m in active:
+                if m.path is not None:
+                    save(m)
+            if on_epoch is not None:
+                on_epoch(epoch_results)
+            done = [m for m in active if m.finished]
+            if done:
+                for m in done:
+                    finish(m)
+                active = [m for m in active if not m.finished]
+                break  # restack the members left (if any)
+    logger.debug("ensemble of %d trained in %.1fs", len(members), time.perf_counter() - started)
+    return [r for r in results if r is not None]
+
+
+def _detached(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def _stopper(tc: TrainConfig) -> EarlyStopping:
+    return EarlyStopping.for_budget(tc.patience, tc.max_epochs, tc.min_delta)
+
+
+def _record_epoch(
+    progress: _Progress,
+    epoch: int,
+    val_loss: float,
+    val_metric: float,
+    proba: np.ndarray,
+    best_state: Callable[[], dict[str, torch.Tensor]],
+) -> None:
+    """The early-stopping rule (:mod:`rnntune.stopping`), one epoch at a time, for ``fit`` and
+    for each member of ``fit_ensemble``: keep the best epoch's weights, stop when the rule says."""
+    progress.epoch = epoch
+    predicted = len(np.unique(proba >= 0.5))  # 1: still on the majority-class plateau
+    if progress.stopper.update(val_loss, val_metric, predicted).improved:
+        progress.best_epoch = epoch
+        progress.best_state = best_state()
+
+
+def _meta(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    arrays: tuple[np.ndarray, ...],
+    checkpoint_path: pathlib.Path | None,
+) -> dict[str, Any]:
+    """What a checkpoint must have been made by to be resumed from."""
+    return {
+        "format": _CHECKPOINT_FORMAT,
+        "model_config": asdict(model_config),
+        # The device is where, not what, a run trains: a trial checkpointed on a GPU worker
+        # may be resumed on a CPU worker (exact bit-identity holds on one device only).
+        "train_config": {k: v for k, v in asdict(train_config).items() if k != "device"},
+        "data": _data_signature(*arrays) if checkpoint_path else "",
+    }
 
 
 def _check_arrays(config: ModelConfig, X_train: Any, y_train: Any, X_val: Any, y_val: Any) -> None:
@@ -398,6 +736,7 @@ def _save(
     shuffle: torch.Generator,
     progress: _Progress,
     device: torch.device,
+    torch_rng: torch.Tensor | None = None,
 ) -> None:
     """Write the checkpoint to a temporary file and rename it over the old one: a kill at
     any moment leaves either the previous epoch's checkpoint or this one, never half a file."""
@@ -408,16 +747,11 @@ def _save(
         "optimizer": optimizer.state_dict(),
         "rng": {
             "shuffle": shuffle.get_state(),
-            "torch": torch.get_rng_state(),
+            "torch": torch.get_rng_state() if torch_rng is None else torch_rng,
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         },
-        "best": {
-            "metric": progress.best_metric,
-            "epoch": progress.best_epoch,
-            "state": progress.best_state,
-            "bad_epochs": progress.bad_epochs,
-        },
-        "stopped_early": progress.stopped_early,
+        "best": {"epoch": progress.best_epoch, "state": progress.best_state},
+        "stopper": progress.stopper.state_dict(),
         "history": [asdict(r) for r in progress.history],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -463,12 +797,10 @@ def _restore(
         torch.cuda.set_rng_state(state["rng"]["cuda"], device)
     best = state["best"]
     return _Progress(
+        stopper=EarlyStopping.from_state_dict(state["stopper"]),
         epoch=state["epoch"],
-        best_metric=best["metric"],
         best_epoch=best["epoch"],
         best_state=({k: v.to(device) for k, v in best["state"].items()} if best["state"] else None),
-        bad_epochs=best["bad_epochs"],
-        stopped_early=state["stopped_early"],
         history=[EpochResult(**r) for r in state["history"]],
     )
 
@@ -476,6 +808,21 @@ def _restore(
 # --------------------------------------------------------------------------------------------
 # Prediction and metrics
 # --------------------------------------------------------------------------------------------
+
+
+def _validate(
+    model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = _EVAL_BATCH
+):
+    """P(abnormal) ``(N,)`` and the mean cross-entropy (0-dim) on ``X``/``y``, without syncing."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits = torch.cat([model(xb) for xb in X.split(batch_size)])
+            loss = F.cross_entropy(logits.float(), y)
+            return torch.softmax(logits, dim=-1)[:, 1], loss
+    finally:
+        model.train(was_training)
 
 
 def _predict_tensor(model: torch.nn.Module, X: torch.Tensor, batch_size: int = _EVAL_BATCH):

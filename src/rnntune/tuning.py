@@ -28,12 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
+from optuna.distributions import BaseDistribution
 from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, Trial, TrialState
@@ -41,7 +36,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from rnntune import state
-from rnntune.config import ExperimentConfig, Runtime
+from rnntune.config import ExperimentConfig, Runtime, build_distributions, build_pruner
 from rnntune.exceptions import Interrupted, StorageError, TrainingError, WorkerFaultError
 from rnntune.faults import failpoint
 from rnntune.storage import exclusive
@@ -89,23 +84,8 @@ LIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, Trial
 
 # -- search space ---------------------------------------------------------------------------
 def distributions(space: dict[str, dict[str, Any]]) -> dict[str, BaseDistribution]:
-    out: dict[str, BaseDistribution] = {}
-    for name, spec in space.items():
-        kind = spec["type"]
-        if kind == "categorical":
-            out[name] = CategoricalDistribution(list(spec["choices"]))
-        elif kind == "float":
-            out[name] = FloatDistribution(
-                spec["low"], spec["high"], log=bool(spec.get("log", False)), step=spec.get("step")
-            )
-        else:
-            out[name] = IntDistribution(
-                spec["low"],
-                spec["high"],
-                log=bool(spec.get("log", False)),
-                step=spec.get("step", 1),
-            )
-    return out
+    # Built by config, which builds them once at validation: what `init` accepts never fails here.
+    return build_distributions(space)
 
 
 def make_sampler(cfg: ExperimentConfig, seed: int) -> optuna.samplers.BaseSampler:
@@ -116,18 +96,7 @@ def make_sampler(cfg: ExperimentConfig, seed: int) -> optuna.samplers.BaseSample
 
 
 def make_pruner(cfg: ExperimentConfig) -> optuna.pruners.BasePruner:
-    p = cfg.pruner
-    if p.type == "none":
-        return optuna.pruners.NopPruner()
-    if p.type == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
-        )
-    if p.type == "percentile":
-        return optuna.pruners.PercentilePruner(
-            p.percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
-        )
-    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.max_epochs)
+    return build_pruner(cfg.pruner, cfg.max_epochs)
 
 
 # -- counting and claiming ------------------------------------------------------------------
@@ -316,6 +285,7 @@ def model_and_train_config(
         hidden_size=int(params["hidden_size"]),
         num_layers=int(params.get("num_layers", 1)),
         dropout=float(params.get("dropout", 0.0)),
+        readout=str(params.get("readout", "last")),
     )
     train_cfg = TrainConfig(
         learning_rate=float(params["learning_rate"]),

@@ -34,6 +34,7 @@ from rnntune.experiment import (
     Experiment,
     find_or_raise_by_name,
     load_data,
+    repeat_splits,
     resolve_policy,
     verify_data,
 )
@@ -153,7 +154,10 @@ class Worker:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._current_trial: int | None = None
-        self._current_job: int | None = None
+        self._current_jobs: list[int] = []
+        # Families whose ensemble raised here: their repeats are trained one at a time by this
+        # worker from then on, so the error is charged to the repeat that raises it.
+        self._solo_families: set[str] = set()
         self._task = "starting"
         self._hb_thread: threading.Thread | None = None
         self._hb_stop = threading.Event()
@@ -220,11 +224,11 @@ class Worker:
 
     def _beat(self) -> None:
         with self._lock:
-            trial_id, job_id, task = self._current_trial, self._current_job, self._task
+            trial_id, job_ids, task = self._current_trial, list(self._current_jobs), self._task
         if trial_id is not None:
             self.storage.record_heartbeat(trial_id)
-        if job_id is not None:
-            evaluation.heartbeat(self.engine, job_id, self.worker_id)
+        if job_ids:
+            evaluation.heartbeat(self.engine, job_ids, self.worker_id)
         with session_scope(self.engine) as s:
             s.execute(
                 update(WorkerRow)
@@ -245,9 +249,17 @@ class Worker:
             )
             self._hb_thread.start()
 
-    def _set_task(self, task: str, trial_id: int | None = None, job_id: int | None = None) -> None:
+    def _set_task(
+        self, task: str, trial_id: int | None = None, job_ids: list[int] | None = None
+    ) -> None:
         with self._lock:
-            self._task, self._current_trial, self._current_job = task, trial_id, job_id
+            self._task, self._current_trial = task, trial_id
+            self._current_jobs = list(job_ids or [])
+
+    def _drop_job(self, job_id: int) -> None:
+        """A member of this worker's group is finished: stop heartbeating it."""
+        with self._lock:
+            self._current_jobs = [j for j in self._current_jobs if j != job_id]
 
     # -- liveness of other workers ---------------------------------------------------------
     def dead_workers(self) -> set[str]:
@@ -299,6 +311,8 @@ class Worker:
         loaded = load_data(cfg, self.data_override)
         verify_data(self.exp, loaded)
         self.splits = loaded.splits
+        self.loaded = loaded
+        self._repeat_split: tuple[int, Any] | None = None  # (repeat, splits) under --resplit
         warm_up(device)
         self._register()
         self._ensure_heartbeat()
@@ -358,10 +372,22 @@ class Worker:
                 if best is not None:
                     evaluation.ensure_jobs_safely(self.engine, self.exp, family, best.params)
                     self._jobs_created.add(family)
-        job = evaluation.claim_job(self.engine, self.exp, self.worker_id, grace, dead)
-        if job is not None:
+        jobs = evaluation.claim_group(
+            self.engine,
+            self.exp,
+            self.worker_id,
+            grace,
+            dead,
+            self.runtime.device,
+            frozenset(self._solo_families),
+        )
+        if len(jobs) == 1:
             failpoint("repeat.after_claim")
-            self._run_job(job)
+            self._run_job(jobs[0])
+            return True
+        if jobs:
+            failpoint("group.after_claim")
+            self._run_group(jobs)
             return True
         if len(over) == len(cfg.families) and evaluation.all_done(
             self.engine, self.exp, sorted(self._jobs_created)
@@ -428,9 +454,10 @@ class Worker:
         )
 
     def _run_job(self, job: evaluation.Job) -> None:
-        self._set_task(f"{job.family} repeat {job.repeat}", job_id=job.id)
+        self._set_task(f"{job.family} repeat {job.repeat}", job_ids=[job.id])
         try:
-            result = evaluation.run_job(job, self.exp, self.splits, self.runtime, self.should_stop)
+            splits = self._splits_for(job.repeat)
+            result = evaluation.run_job(job, self.exp, splits, self.runtime, self.should_stop)
         except Interrupted:
             self.db_retry(lambda: evaluation.release(self.engine, job, self.worker_id))
             failpoint("repeat.after_release")
@@ -461,6 +488,84 @@ class Worker:
             return
         finally:
             self._set_task("idle")
+        self._complete(job, result)
+
+    def _run_group(self, jobs: list[evaluation.Job]) -> None:
+        """Train a group of one family's repeats as one ensemble; each finished member is
+        completed at once (its own row, exactly once), the others train on."""
+        family = jobs[0].family
+        names = ", ".join(str(j.repeat) for j in jobs)
+        self._set_task(f"{family} repeats {names} (one ensemble)", job_ids=[j.id for j in jobs])
+        pending = {j.id: j for j in jobs}
+
+        def on_done(job: evaluation.Job, result: dict[str, Any]) -> None:
+            self._complete(job, result)  # if this raises, the repeat is handed back below
+            self._drop_job(job.id)
+            del pending[job.id]
+
+        try:
+            evaluation.run_group(
+                jobs, self.exp, self.splits, self.runtime, self.should_stop, on_done
+            )
+        except Interrupted:
+            self.db_retry(
+                lambda: evaluation.release_group(
+                    self.engine, list(pending.values()), self.worker_id
+                )
+            )
+            failpoint("repeat.after_release")
+            raise
+        except OSError as e:
+            self.db_retry(
+                lambda: evaluation.release_group(
+                    self.engine, list(pending.values()), self.worker_id
+                )
+            )
+            failpoint("repeat.after_release")
+            raise WorkerFaultError(
+                f"cannot write checkpoints to {e.filename or self.runtime.artifacts} "
+                f"({e.strerror or e}): make --artifacts (RNNTUNE_ARTIFACTS) a writable directory "
+                f"with free space, then restart this worker ({family} repeats {names} were "
+                "handed back)"
+            ) from e
+        except tuning.DATABASE_ERRORS as e:
+            # Not the repeats' fault (as in _run_job): hand the rest back once the database is
+            # reachable again, uncounted.
+            if not tuning.is_transient(e):
+                raise
+            log.warning(
+                "%s repeats %s: database error (%s); handing them back",
+                family,
+                names,
+                str(e).splitlines()[0],
+            )
+            self.db_retry(
+                lambda: evaluation.release_group(
+                    self.engine, list(pending.values()), self.worker_id
+                )
+            )
+            failpoint("repeat.after_release")
+        except Exception as e:  # noqa: BLE001 - which member raised is not known: go solo
+            reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            log.error(
+                "%s repeats %s as one ensemble failed (%s); handing them back, this worker "
+                "trains %s repeats one at a time from now on",
+                family,
+                names,
+                reason,
+                family,
+            )
+            self._solo_families.add(family)
+            self.db_retry(
+                lambda: evaluation.release_group(
+                    self.engine, list(pending.values()), self.worker_id
+                )
+            )
+            failpoint("repeat.after_release")
+        finally:
+            self._set_task("idle")
+
+    def _complete(self, job: evaluation.Job, result: dict[str, Any]) -> None:
         failpoint("repeat.before_complete")
         if self.db_retry(lambda: evaluation.complete(self.engine, job, self.worker_id, result)):
             failpoint("repeat.after_complete")
@@ -471,12 +576,32 @@ class Worker:
                 f"{job.family} repeat {job.repeat} done: accuracy={m['accuracy']:.4f} "
                 f"macro_f1={m['macro_f1']:.4f}"
             )
+            self._publish_progress(job.family)
         else:
             log.warning(
                 "%s repeat %d was reclaimed by another worker; result dropped",
                 job.family,
                 job.repeat,
             )
+
+    def _splits_for(self, repeat: int) -> Any:
+        """The split of ``repeat``: the fixed one, or (--resplit) its own, kept while the
+        worker stays on that repeat (jobs are claimed repeat by repeat, across families)."""
+        if not self.exp.config.resplit:
+            return self.splits
+        if self._repeat_split is None or self._repeat_split[0] != repeat:
+            self._repeat_split = (repeat, repeat_splits(self.exp.config, self.loaded, repeat))
+        return self._repeat_split[1]
+
+    def _publish_progress(self, family: str) -> None:
+        """The dashboard shows the evaluation as it happens: the family's note and user
+        attributes follow every finished repeat. Informational: a failure is only logged."""
+        from rnntune.publish import publish_repeat_progress
+
+        try:
+            publish_repeat_progress(self.storage, self.exp, family)
+        except Exception as e:  # noqa: BLE001 - the repeat's result is stored either way
+            log.warning("could not update %s's dashboard note: %s", family, str(e).splitlines()[0])
 
     # -- registry ------------------------------------------------------------------------
     def _register(self) -> None:

@@ -58,6 +58,9 @@ mkdir -p "$WORK/reports" "$WORK/data"
 [ "$(id -u)" = 0 ] && chown "$UID_:$GID_" "$WORK/reports"
 cat >"$WORK/.env" <<EOF
 POSTGRES_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
+# The roles' passwords hold URL-special characters on purpose: they travel as Docker secrets.
+RNNTUNE_WORKER_DB_PASSWORD=w@$(python3 -c 'import secrets; print(secrets.token_hex(16))'):/
+RNNTUNE_DASHBOARD_DB_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
 RNNTUNE_POSTGRES_IMAGE=$PG_IMAGE
 RNNTUNE_EXPERIMENT=$EXPERIMENT
 # Big enough that trials last a few seconds: the faults below must land while tuning runs.

@@ -99,7 +99,20 @@ def _write_markdown(report: dict[str, Any], path: Path, plots: dict[str, Path]) 
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Write via a temporary file of this writer's own, fsynced, then renamed: two jobs writing
+    the same report never share a temporary file, and the last rename wins whole."""
+    import os
+    import tempfile
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from rnntune import __version__, state
+from rnntune import __version__, state, stopping
 from rnntune.experiment import Experiment
 from rnntune.report import stats
 from rnntune.storage import load_study, mask_url
@@ -88,6 +88,9 @@ def build_report(storage: Any, exp: Experiment, device: str = "cpu") -> dict[str
         {"family": f, "rank": i + 1, "macro_f1_mean": summary["mean"]}
         for i, (f, summary) in enumerate(stats.ranked_families(families, metric))
     ]
+    # Computed once by the final job from the splits (rnntune.baselines) and stored with the
+    # experiment; None until then.
+    references = exp.data_summary.get("baselines")
     return {
         "experiment": {
             "name": cfg.name,
@@ -98,12 +101,16 @@ def build_report(storage: Any, exp: Experiment, device: str = "cpu") -> dict[str
                 "fingerprint": exp.data_fingerprint,
                 "splits": exp.data_summary.get("splits", {}),
                 "shape": exp.data_summary.get("shape"),
+                # Experiments registered before data could bring its own split: rnntune's split.
+                "split": exp.data_summary.get("split") or _legacy_split(cfg),
+                "labels": exp.data_summary.get("labels"),
             },
             "search_space": cfg.search_space,
             "trials": cfg.trials,
             "repeats": cfg.repeats,
             "max_epochs": cfg.max_epochs,
             "patience": cfg.patience,
+            "early_stopping": stopping.describe(cfg.patience, cfg.max_epochs, cfg.objective),
             "objective": cfg.objective,
             "pruner": cfg.pruner.describe(),
             "seed": cfg.seed,
@@ -120,7 +127,20 @@ def build_report(storage: Any, exp: Experiment, device: str = "cpu") -> dict[str
         "families": families,
         "ranking": ranking,
         "comparison": comparison,
-        "verdict": stats.verdict(families, comparison, metric=metric),
+        "baselines": references,
+        "verdict": stats.verdict(families, comparison, metric=metric, references=references),
+    }
+
+
+def _legacy_split(cfg: Any) -> dict[str, Any]:
+    from rnntune.data import SPLIT_RANDOM, split_source_text
+
+    return {
+        "source": SPLIT_RANDOM,
+        "text": split_source_text(SPLIT_RANDOM, cfg.val_fraction, cfg.test_fraction),
+        "protocol": "fixed",
+        "protocol_text": "fixed split: tuning and every repeat use the split below; its test "
+        "part is never seen by tuning.",
     }
 
 

@@ -27,12 +27,13 @@ from rnntune.report.stats import (
     display_family,
     display_metric,
     family_values,
+    reference_points,
 )
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["make_plots", "plot_alt", "plot_pngs"]
+__all__ = ["make_plots", "plot_alt", "plot_pngs", "running_best"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +42,17 @@ _PLOT_METRICS = ("macro_f1", "accuracy", "roc_auc")
 _DPI = 100
 # One colour per family, stable across every plot (matplotlib's default cycle, fixed here).
 _COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+# Reference points (majority class, classical baseline): grey lines, one dash style each.
+_REFERENCE_STYLES = ((0, (2, 2)), (0, (6, 2)), (0, (6, 2, 1, 2)))
 
 
 def plot_alt(name: str) -> str:
     """Alt text for the plot called ``name`` (as returned by :func:`make_plots`)."""
     if name == "test_metrics":
-        return "Test metrics over the evaluation repeats per family (box and strip plot)"
+        return (
+            "Test metrics over the evaluation repeats per family (box and strip plot), with the "
+            "reference points as horizontal lines"
+        )
     if name == "confusion_matrices":
         return "Mean test confusion matrix over the repeats, one panel per family"
     kind, _, family = name.partition("_")
@@ -95,8 +101,13 @@ def _test_metrics(report: Mapping[str, Any]) -> Figure | None:
             panels.append((metric, data))
     if not panels:
         return None
+    refs = reference_points(report.get("baselines"))
     width = 4.0 * len(panels)
-    fig = _new_figure(width, 3.6, left=0.75 / width, right=1 - 0.15 / width, wspace=0.35)
+    # References get a legend row below the panels, where it cannot cover any data.
+    height, bottom = (3.9, 0.21) if refs else (3.6, 0.14)
+    fig = _new_figure(
+        width, height, left=0.75 / width, right=1 - 0.15 / width, wspace=0.35, bottom=bottom
+    )
     axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
     rng = np.random.default_rng(0)  # fixed jitter: the same report draws the same image
     for ax, (metric, data) in zip(axes, panels, strict=True):
@@ -112,9 +123,24 @@ def _test_metrics(report: Mapping[str, Any]) -> Figure | None:
             values = np.asarray(data[f])
             x = i + rng.uniform(-0.12, 0.12, size=values.size)
             ax.scatter(x, values, s=18, alpha=0.75, color=_colour(families, f), zorder=3)
+        for point, style in zip(refs, _REFERENCE_STYLES, strict=False):
+            value = (point.get("metrics") or {}).get(metric)
+            if value is not None and math.isfinite(float(value)):
+                ax.axhline(
+                    float(value),
+                    color="dimgrey",
+                    linestyle=style,
+                    linewidth=1.2,
+                    label=f"{point.get('label', point.get('name'))} ({float(value):.3f})",
+                    zorder=1,
+                )
         ax.set_title(f"Test {display_metric(metric)}")
         ax.set_ylabel(display_metric(metric))
         ax.grid(axis="y", alpha=0.3)
+    if refs:
+        handles, labels = axes[0].get_legend_handles_labels()
+        names = [label.rsplit(" (", 1)[0] + " baseline" for label in labels]
+        fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize="small")
     return fig
 
 
@@ -131,22 +157,37 @@ def _history(report: Mapping[str, Any], family: str) -> Figure | None:
     if not complete:
         return None
     pruned = [(n, v) for n, v, s in points if s == "pruned"]
-    fig = _new_figure(6.0, 3.6, left=0.13)
+    last = max(int(t["number"]) for t in fam["history"] if t.get("number") is not None)
+    # Room on the right for the legend: outside the axes, it never covers a point.
+    fig = _new_figure(7.6, 3.6, left=0.1, right=0.74)
     ax = fig.subplots()
     xs, ys = zip(*complete, strict=True)
     ax.scatter(xs, ys, s=16, color=_colour(report["families"], family), label="complete trial")
     if pruned:
         px, py = zip(*pruned, strict=True)
         ax.scatter(px, py, s=16, marker="x", color="grey", label="pruned trial")
-    # The objective is a validation metric that is maximised, so the running best is a max.
-    ax.step(xs, np.maximum.accumulate(ys), where="post", color="black", label="running best")
+    bx, by = running_best(complete, last)
+    ax.step(bx, by, where="post", color="black", label="running best")
     objective = (report.get("experiment") or {}).get("objective", "objective")
     ax.set_title(f"{display_family(family)}: optimisation history")
     ax.set_xlabel("trial number")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # no trial 2.5
     ax.set_ylabel(f"validation {display_metric(str(objective))}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small")
     return fig
+
+
+def running_best(complete: list[tuple[int, float]], last: int) -> tuple[list[int], list[float]]:
+    """The running best (a max: the objective is maximised) as step points, from the first
+    complete trial to trial ``last``: a study whose last trials were pruned or failed still
+    shows the best it ended with up to its last trial, not only to its last complete one."""
+    xs = [n for n, _ in complete]
+    best = np.maximum.accumulate([v for _, v in complete]).tolist()
+    if xs and last > xs[-1]:
+        xs.append(last)
+        best.append(best[-1])
+    return xs, best
 
 
 def _importances(report: Mapping[str, Any], family: str) -> Figure | None:

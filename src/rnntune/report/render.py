@@ -31,6 +31,7 @@ from rnntune.report.stats import (
     family_values,
     family_verdict,
     ranked_families,
+    reference_points,
     summarize,
     verdict,
 )
@@ -292,13 +293,18 @@ def _experiment(exp: Mapping[str, Any]) -> list[Block]:
         ("Evaluation repeats", exp.get("repeats")),
         ("Max epochs", exp.get("max_epochs")),
         ("Early-stopping patience", exp.get("patience")),
+        ("Early-stopping rule", (exp.get("early_stopping") or {}).get("rule")),
         ("Pruner", exp.get("pruner")),
         ("Seed", exp.get("seed")),
         ("Split seed", exp.get("split_seed")),
+        ("Split", (data.get("split") or {}).get("text")),
+        ("Evaluation protocol", (data.get("split") or {}).get("protocol_text")),
         ("Repeat seeds", ", ".join(str(s) for s in exp.get("repeat_seeds") or []) or None),
         ("Device", exp.get("device")),
         ("Versions", ", ".join(f"{k} {v}" for k, v in versions.items()) or None),
     ]
+    if data.get("labels"):  # how the file's classes became Normal/Abnormal (UCR/UEA data)
+        rows.insert(6, ("Classes", data["labels"]))
     if exp.get("retry_limits"):  # reports written before the limits were recorded lack them
         rows.append(
             ("Heartbeat / grace period", f"{exp.get('heartbeat_interval')} s / "
@@ -487,6 +493,11 @@ def _ranking(report: Mapping[str, Any], metric: str) -> list[Block]:
         for rank, f in order
     )
     label = display_metric(metric)
+    # The reference points sit in the same table, unranked: one deterministic fit each.
+    refs = tuple(
+        ("ref.", _reference_label(p), _num((p.get("metrics") or {}).get(metric)), "n/a", "n/a")
+        for p in reference_points(report.get("baselines"))
+    )
     if not rows:
         return [
             Heading(3, "Ranking", "ranking"),
@@ -496,11 +507,54 @@ def _ranking(report: Mapping[str, Any], metric: str) -> list[Block]:
         Heading(3, "Ranking", "ranking"),
         Table(
             ("Rank", "Family", f"Test {label} (mean ± std)", "95% CI of the mean", "Repeats"),
-            rows,
+            rows + refs,
             kind="ranking",
             row_header=False,
         ),
     ]
+
+
+def _reference_label(point: Mapping[str, Any]) -> str:
+    return f"{point.get('label', point.get('name', '?'))} (baseline)"
+
+
+def _references(report: Mapping[str, Any]) -> list[Block]:
+    """The reference points on the same test split, with how each was made."""
+    blocks: list[Block] = [Heading(3, "Reference points", "reference-points")]
+    refs = report.get("baselines") or {}
+    points = reference_points(refs)
+    if not points:
+        blocks.append(
+            Paragraph(
+                "Not computed yet: the final job (`rnntune run` or `rnntune evaluate`) computes "
+                "the majority-class and 1-NN baselines on the experiment's split.",
+                role="note",
+            )
+        )
+        return blocks
+    blocks.append(
+        Paragraph(
+            f"Measured on the same test split as the families ({refs.get('n_test', 'n/a')} "
+            f"sequences), fit on the training part ({refs.get('n_train', 'n/a')}); classical "
+            f"baseline chosen by rule: {refs.get('choice', 'n/a')}."
+        )
+    )
+    blocks.append(
+        Table(
+            ("Reference point", *(display_metric(m) for m in _HEADLINE_METRICS), "Seconds", "How"),
+            tuple(
+                (
+                    _reference_label(p),
+                    *(_num((p.get("metrics") or {}).get(m)) for m in _HEADLINE_METRICS),
+                    _seconds(p.get("seconds")),
+                    str(p.get("rule", "")),
+                )
+                for p in points
+            ),
+            kind="references",
+        )
+    )
+    return blocks
 
 
 def _metric_summary(report: Mapping[str, Any], names: Sequence[str]) -> list[Block]:
@@ -730,7 +784,9 @@ def build_document(report: Mapping[str, Any], plots: Sequence[str] = ()) -> list
     families = report.get("families") or {}
     names = _ordered_families(families)
     comparison, metric, alpha = _comparison_of(report)
-    sentence = report.get("verdict") or verdict(families, comparison, metric, alpha)
+    sentence = report.get("verdict") or verdict(
+        families, comparison, metric, alpha, references=report.get("baselines")
+    )
     exp = report.get("experiment") or {}
     available = set(plots)
     placed: set[str] = set()
@@ -759,6 +815,7 @@ def build_document(report: Mapping[str, Any], plots: Sequence[str] = ()) -> list
     doc.add(*_ledger(report, names))
     doc.add(Heading(2, "Results on the test set", "results"))
     doc.add(*_ranking(report, metric))
+    doc.add(*_references(report))
     doc.add(*_metric_summary(report, names))
     for plot in ("test_metrics", "confusion_matrices"):
         if plot in available:

@@ -29,6 +29,9 @@ __all__ = [
     "family_verdict",
     "holm",
     "ranked_families",
+    "CHANCE_ALPHA",
+    "reference_points",
+    "reference_verdict",
     "summarize",
     "summarize_repeats",
     "verdict",
@@ -381,8 +384,10 @@ def verdict(
     comparison: Mapping[str, Any],
     metric: str = "macro_f1",
     alpha: float = 0.05,
+    references: Mapping[str, Any] | None = None,
 ) -> str:
-    """One plain sentence saying which family is best on ``metric`` and how sure that is.
+    """One plain sentence saying which family is best on ``metric`` and how sure that is, then
+    (with ``references``) one saying plainly which families beat the reference points.
 
     Significance is judged here from the pairs' Holm-adjusted p-values against ``alpha``, so the
     sentence matches the ``alpha`` it names even if ``comparison`` was built with another.
@@ -394,7 +399,104 @@ def verdict(
     if ranked and absent:
         verb = "has" if len(absent) == 1 else "have"
         sentence = f"{sentence[:-1]}; {_join(absent)} {verb} no finished repeats yet."
-    return sentence
+    against = reference_verdict(families, references, metric)
+    return f"{sentence} {against}" if against else sentence
+
+
+# --------------------------------------------------------------------------- reference points
+
+
+def reference_points(references: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    """The stored reference points (``baselines.reference_points``' ``points``), or none."""
+    return [p for p in (references or {}).get("points") or [] if isinstance(p, Mapping)]
+
+
+_REFERENCE_PROSE = {
+    "majority": "majority-class baseline",
+    "1nn": "1-NN baseline",
+    "logreg": "logistic-regression baseline",
+}
+CHANCE_ALPHA = 0.05
+
+
+def _reference_name(point: Mapping[str, Any]) -> str:
+    name = str(point.get("name", ""))
+    return _REFERENCE_PROSE.get(name, f"{point.get('label', name or '?')} baseline")
+
+
+def _above_chance(accuracy: float, n_test: int, majority_accuracy: float) -> bool:
+    """Is a mean test accuracy significantly above the majority-class rate? One-sided exact
+    binomial test on the ``n_test`` test sequences at :data:`CHANCE_ALPHA`."""
+    k = int(round(accuracy * n_test))
+    p = _st.binomtest(k, n_test, majority_accuracy, alternative="greater").pvalue
+    return bool(p <= CHANCE_ALPHA)
+
+
+def reference_verdict(
+    families: Mapping[str, Mapping[str, Any]],
+    references: Mapping[str, Any] | None,
+    metric: str = "macro_f1",
+) -> str:
+    """Which families beat the reference points, said plainly: by mean test ``metric`` (e.g.
+    "No family beat the 1-NN baseline (macro F1 0.665)"), and whether any family's accuracy is
+    significantly above the majority-class rate (else: "at chance"). Empty without either."""
+    ranked = ranked_families(families, metric)
+    points = [
+        (p, float(p["metrics"][metric]))
+        for p in reference_points(references)
+        if _is_number((p.get("metrics") or {}).get(metric))
+        and math.isfinite(float(p["metrics"][metric]))
+    ]
+    if not ranked or not points:
+        return ""
+    label = display_metric(metric)
+    single = len(ranked) == 1
+    clauses = []
+    # The classical baseline first: it is the bar that says whether the models earn their cost.
+    for point, value in sorted(points, key=lambda pv: pv[0].get("name") == "majority"):
+        beat = [display_family(f) for f, s in ranked if s["mean"] > value]
+        missed = [display_family(f) for f, s in ranked if not s["mean"] > value]
+        shown = f"test {label} {value:.3f}" if not clauses else f"{value:.3f}"
+        ref = f"the {_reference_name(point)} ({shown})"
+        if single:
+            clauses.append(
+                f"{display_family(ranked[0][0])} {'beat' if beat else 'did not beat'} {ref}"
+            )
+        elif not beat:
+            clauses.append(f"no family beat {ref}")
+        elif not missed:
+            clauses.append(f"every family beat {ref}")
+        else:
+            clauses.append(f"{_join(beat)} beat {ref}, {_join(missed)} did not")
+    text = "; ".join(clauses)
+    text = text[0].upper() + text[1:] + "."
+
+    majority = next((p for p, _ in points if p.get("name") == "majority"), None)
+    n_test = (references or {}).get("n_test")
+    rate = (majority or {}).get("metrics", {}).get("accuracy")
+    if majority is None or not _is_number(n_test) or not _is_number(rate) or n_test < 1:
+        return text
+    chance = []
+    for f, _ in ranked:
+        acc = summarize(family_values(families[f], "accuracy").values())
+        if acc["n"] and not _above_chance(acc["mean"], int(n_test), float(rate)):
+            chance.append(display_family(f))
+    test = (
+        f"the majority-class rate ({float(rate):.3f}; one-sided binomial test on "
+        f"{int(n_test)} test sequences, α={CHANCE_ALPHA:g})"
+    )
+    if chance and single:
+        text += f" {chance[0]}'s test accuracy is not significantly above {test}: it is at chance."
+    elif chance and len(chance) == len(ranked):
+        text += (
+            f" No family's test accuracy is significantly above {test}: the families are at chance."
+        )
+    elif chance:
+        verb = "is" if len(chance) == 1 else "are"
+        text += (
+            f" {_join(chance)} {verb} at chance: mean test accuracy not significantly above {test}."
+        )
+    return text
 
 
 def _verdict(

@@ -4,15 +4,25 @@ from ._engine import (
     MAX_OVERFLOW,
     POOL_SIZE,
     artifact_store,
+    check_local_filesystem,
     engine_kwargs,
+    filesystem_type,
     load_study,
     open_optuna_storage,
 )
 from ._locks import exclusive
 from ._migrate import check_schema, current_revision, head_revision, upgrade
+from ._roles import ensure_roles, read_role_password, scram_verifier
 from ._session import session_scope
 from ._tables import Base, EvaluationRunRow, ExperimentRow, WorkerRow, db_now, utcnow
-from ._url import DEFAULT_STORAGE, is_sqlite, mask_url, normalize_url, sqlite_path
+from ._url import (
+    DEFAULT_STORAGE,
+    is_sqlite,
+    mask_url,
+    normalize_url,
+    sqlite_path,
+    storage_from_env,
+)
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -24,19 +34,25 @@ __all__ = [
     "ExperimentRow",
     "WorkerRow",
     "artifact_store",
+    "check_local_filesystem",
     "check_schema",
     "current_revision",
     "db_now",
     "engine_kwargs",
+    "ensure_roles",
+    "filesystem_type",
     "exclusive",
     "head_revision",
     "is_sqlite",
     "load_study",
     "mask_url",
     "normalize_url",
+    "read_role_password",
+    "scram_verifier",
     "open_optuna_storage",
     "session_scope",
     "sqlite_path",
+    "storage_from_env",
     "upgrade",
     "utcnow",
 ]

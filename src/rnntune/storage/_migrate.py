@@ -13,10 +13,13 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from rnntune.exceptions import StorageError
+from rnntune.faults import failpoint
 
 from ._locks import exclusive
+from ._url import mask_url
 
 VERSION_TABLE = "rnntune_alembic_version"
 
@@ -42,17 +45,62 @@ def current_revision(engine: Engine) -> str | None:
         ).get_current_revision()
 
 
+def _known(revision: str) -> bool:
+    try:
+        return ScriptDirectory.from_config(_config()).get_revision(revision) is not None
+    except Exception:  # noqa: BLE001 - alembic raises several types for an unknown revision
+        return False
+
+
+def _newer_schema(engine: Engine, current: str) -> StorageError:
+    return StorageError(
+        f"rnntune's tables at {mask_url(str(engine.url))} are at revision {current}, which this "
+        f"rnntune ({_version()}) does not know: a newer rnntune upgraded them; install that "
+        "version here (every process on a study must run the same rnntune)"
+    )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rnntune")
+    except PackageNotFoundError:
+        return "unknown version"
+
+
 def upgrade(engine: Engine) -> None:
     """Bring rnntune's tables to the newest revision (idempotent, serialised across processes)."""
+    current = current_revision(engine)
+    if current is not None and not _known(current):
+        raise _newer_schema(engine, current)
     with exclusive(engine, "rnntune:migrate"):
         cfg = _config()
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+            # The whole upgrade is one transaction: stopped here, it is rolled back.
+            failpoint("migrate.before_commit")
 
 
 def check_schema(engine: Engine) -> None:
-    current = current_revision(engine)
+    try:
+        current = current_revision(engine)
+    except OperationalError as e:
+        # Worded like session_scope's, so a worker's db_retry waits the outage out.
+        raise StorageError(
+            f"lost the study database at {mask_url(str(engine.url))} "
+            f"({str(getattr(e, 'orig', None) or e).strip().splitlines()[0]}): check that it is "
+            "running and reachable, then rerun"
+        ) from e
+    if current is None:
+        raise StorageError(
+            f"the database at {mask_url(str(engine.url))} has no rnntune tables (it may be "
+            "another application's Optuna database): point --storage at rnntune's database, or "
+            "run `rnntune init` on this one first"
+        )
+    if not _known(current):
+        raise _newer_schema(engine, current)
     if current != head_revision():
         raise StorageError(
             f"rnntune's tables are at revision {current or 'none'}, this version needs "

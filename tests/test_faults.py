@@ -94,6 +94,7 @@ class Case:
 
 
 MATRIX: dict[str, Case] = {
+    "migrate.before_commit": Case("init"),
     "init.after_migrate": Case("init"),
     "init.after_studies": Case("init"),
     "claim.after_stale_fail": Case("worker", term=True, before="trial.after_report=kill"),

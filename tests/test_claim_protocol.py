@@ -344,17 +344,18 @@ def test_a_database_error_in_init_is_one_error_line(
 def test_the_worker_command_refuses_an_unwritable_artifact_directory(
     storage_url: str, tmp_path: Path
 ) -> None:
-    """H2, as a user sees it: one Error line naming the fix, exit 1, no traceback."""
+    """H2, as a user sees it: one Error line naming the fix, exit 2 (a bad option), no traceback;
+    checked before the worker registers or claims anything."""
     setup(storage_url)
     (tmp_path / "a-file").write_text("x")
     proc = rnntune(
         "worker", "--storage", storage_url, "--experiment", "t",
         "--artifacts", str(tmp_path / "a-file" / "artifacts"), cwd=tmp_path, check=False,
     )  # fmt: skip
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "cannot write to the artifact directory" in errors[0] and "--artifacts" in errors[0]
+    assert "not a writable directory" in errors[0] and "--artifacts" in errors[0]
 
 
 def test_a_result_told_after_a_take_over_is_not_reported_and_keeps_the_checkpoint(

@@ -12,9 +12,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import tempfile
 import tomllib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +25,10 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.conftest import SHARED, needs_shared
+
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT.parent / "shared" / "compose-spec" / "compose-spec.json"
+SCHEMA_PATH = "compose-spec/compose-spec.json"  # in ../shared: the project must not copy it
 COMPOSE = ROOT / "docker-compose.yml"
 GPU = ROOT / "docker-compose.gpu.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -85,7 +90,7 @@ def default_of(value: str) -> str:
 
 
 def schema_problems(doc: Doc) -> list[str]:
-    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
+    schema = json.loads(needs_shared(SCHEMA_PATH).read_text(encoding="utf-8"))
     validator = jsonschema.Draft7Validator(schema)
     return [
         f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
@@ -171,6 +176,12 @@ def structure_problems(doc: Doc) -> list[str]:
     if not reports or reports.startswith(tuple(f"{n}:" for n in named)):
         problems.append("evaluate does not bind-mount a host reports directory")
 
+    # The worker image starts as root so that its entrypoint can give the reports to the owner
+    # of ./reports; a fixed `user:` would skip that (and fail for root's quick start).
+    for name in ("init", "worker", "evaluate"):
+        if "user" in services[name]:
+            problems.append(f"{name} sets user: the entrypoint picks the user (README)")
+
     for port in services["dashboard"].get("ports", []) or ["<none>"]:
         if not str(port).startswith("127.0.0.1:"):
             problems.append(f"dashboard port {port!r} is not published on 127.0.0.1 only")
@@ -238,7 +249,7 @@ def gpu() -> Doc:
 
 
 def test_schema_is_there() -> None:
-    assert SCHEMA.is_file(), f"{SCHEMA} is missing: the compose-spec schema lives in ../shared"
+    assert needs_shared(SCHEMA_PATH).is_file(), f"{SHARED / SCHEMA_PATH} is not a file"
 
 
 @pytest.mark.parametrize("path", [COMPOSE, GPU], ids=lambda p: p.name)
@@ -302,7 +313,13 @@ def test_dockerfile(dockerfile: str) -> None:
     ]
     assert lines[0] == "FROM python:3.11-slim"
     users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
-    assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
+    if dockerfile.startswith("worker"):
+        # Starts as root so that its entrypoint can fix the mounts; it drops privileges with
+        # setpriv before rnntune runs (tested below, and in the compose smoke test).
+        assert users == [] and lines[-2:] == ['ENTRYPOINT ["rnntune-entrypoint"]', 'CMD ["worker"]']
+        assert "setpriv --reuid" in ENTRYPOINT.read_text()
+    else:  # the dashboard needs no root at all
+        assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
     first_source = next(i for i, ln in enumerate(lines) if ln.startswith("COPY src"))
     installs = [i for i, ln in enumerate(lines) if "pip install" in ln and "--no-deps" not in ln]
     assert installs and max(installs) < first_source, "dependencies go in before the source"
@@ -312,6 +329,19 @@ def test_dockerfile(dockerfile: str) -> None:
         reqs = next(i for i, ln in enumerate(lines) if "-r /tmp/requirements.txt" in ln)
         assert torch < reqs, "torch is installed first, in its own layer"
         assert "ARG TORCH_SPEC=torch==2.13.0" in lines
+
+
+def test_the_checkout_ships_the_reports_directory() -> None:
+    """./reports comes with the clone, so it belongs to whoever cloned: their reports."""
+    assert (ROOT / "reports" / ".gitkeep").is_file()
+    if (ROOT / ".git").exists() and shutil.which("git"):
+        tracked = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", "reports/.gitkeep"],
+            cwd=ROOT,
+            capture_output=True,
+            check=False,
+        )
+        assert tracked.returncode == 0, "reports/.gitkeep is not tracked"
 
 
 def test_dockerignore_keeps_secrets_and_junk_out() -> None:
@@ -346,6 +376,7 @@ BREAKAGES: dict[str, Callable[[Doc], None]] = {
     ),
     "version key": lambda d: d.update(version="3.8"),
     "worker without init": lambda d: d["services"]["worker"].pop("init"),
+    "evaluate with a fixed user": lambda d: d["services"]["evaluate"].update(user="1000:1000"),
 }
 
 
@@ -392,50 +423,245 @@ def test_gpu_check_catches(gpu: Doc, remove: str) -> None:
 
 
 # -- worker/entrypoint.sh, run here with a stand-in `rnntune` ------------------------------------
+#
+# As root (CI, and this machine) the entrypoint really changes ownership and drops privileges, so
+# these tests run it for real on directories owned by other uids; as another user the privilege
+# drop cannot happen and those tests skip (the non-root path is then what runs).
+
+IS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root: the entrypoint's privilege drop")
+RUN_UID, RUN_GID = 1000, 1000  # the image's user (RNNTUNE_UID/GID) in these tests
+FAKE_RNNTUNE = r"""#!/bin/sh
+echo "rnntune $* uid=$(id -u) gid=$(id -g) groups=$(id -G) gpu=${CUDA_VISIBLE_DEVICES:-none}"
+if [ -n "${WRITE:-}" ]; then
+    echo x > "$RNNTUNE_OUT/$WRITE"
+    mkdir -p "$RNNTUNE_OUT/plots" && echo y > "$RNNTUNE_OUT/plots/a.png"
+    echo z > "$RNNTUNE_ARTIFACTS/checkpoint-$(id -u)"
+fi
+if [ -n "${TRAP:-}" ]; then
+    trap 'echo "TERM as $(id -u)"; echo late > "$RNNTUNE_OUT/late"; exit 0' TERM
+    echo ready
+    while :; do sleep 0.1; done
+fi
+[ -z "${HOLD:-}" ] || exec sleep "$HOLD"
+"""
 
 
 @pytest.fixture
-def entrypoint_env(tmp_path: Path) -> dict[str, str]:
-    """A fake rnntune that prints what it was given, and writable directories."""
-    bin_dir = tmp_path / "bin"
+def ep_dir() -> Iterator[Path]:
+    """A directory every uid can traverse (pytest's tmp_path is private to its user)."""
+    d = Path(tempfile.mkdtemp(prefix="rnntune-entrypoint-"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def entrypoint_env(ep_dir: Path) -> dict[str, str]:
+    """A fake rnntune that prints who runs it and what it was given, and writable directories."""
+    bin_dir = ep_dir / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "rnntune"
-    fake.write_text(
-        '#!/bin/sh\necho "rnntune $* gpu=${CUDA_VISIBLE_DEVICES:-none}"\n'
-        '[ -z "${HOLD:-}" ] || exec sleep "$HOLD"\n'
-    )
+    fake.write_text(FAKE_RNNTUNE)
     fake.chmod(0o755)
-    env = {
-        "PATH": f"{bin_dir}:/usr/bin:/bin",
-        "RNNTUNE_ARTIFACTS": str(tmp_path / "artifacts"),
-        "RNNTUNE_OUT": str(tmp_path / "reports"),
-        "RNNTUNE_GPU_SLOTS_DIR": str(tmp_path / "slots"),
+    return {
+        "PATH": f"{bin_dir}:/usr/bin:/bin:/usr/sbin:/sbin",
+        "RNNTUNE_UID": str(RUN_UID),
+        "RNNTUNE_GID": str(RUN_GID),
+        "RNNTUNE_ARTIFACTS": str(ep_dir / "artifacts"),
+        "RNNTUNE_OUT": str(ep_dir / "reports"),
+        "RNNTUNE_GPU_SLOTS_DIR": str(ep_dir / "slots"),
     }
-    return env
 
 
-def run_entrypoint(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def run_entrypoint(
+    env: dict[str, str], *args: str, as_user: tuple[int, int] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The entrypoint as this process's user, or (as root) as a fixed user like runAsUser."""
+    prefix = []
+    if as_user:
+        prefix = ["setpriv", f"--reuid={as_user[0]}", f"--regid={as_user[1]}", "--clear-groups"]
     return subprocess.run(
-        ["sh", str(ENTRYPOINT), *args], env=env, capture_output=True, text=True, timeout=30
+        [*prefix, "sh", str(ENTRYPOINT), *args], env=env, capture_output=True, text=True, timeout=30
     )
+
+
+def owner(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_uid, st.st_gid
 
 
 def test_entrypoint_execs_rnntune(entrypoint_env: dict[str, str]) -> None:
     done = run_entrypoint(entrypoint_env, "evaluate", "--out", "x")
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "rnntune evaluate --out x gpu=none\n"
+    assert done.stdout.startswith("rnntune evaluate --out x uid=")
+    assert done.stdout.endswith(" gpu=none\n")
     assert Path(entrypoint_env["RNNTUNE_OUT"]).is_dir()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-def test_entrypoint_explains_an_unwritable_reports_dir(
-    entrypoint_env: dict[str, str], tmp_path: Path
+@needs_root
+def test_entrypoint_runs_nothing_as_root(entrypoint_env: dict[str, str]) -> None:
+    """Started as root, every command runs as the image's user: privileges dropped, never 0."""
+    for command in ("init", "worker", "status", "evaluate"):
+        done = run_entrypoint(entrypoint_env, command)
+        assert done.returncode == 0, done.stderr
+        assert f"uid={RUN_UID} gid={RUN_GID} " in done.stdout, done.stdout
+    # RNNTUNE_UID=0 (the old advice for root) is not obeyed: still the image's user.
+    done = run_entrypoint({**entrypoint_env, "RNNTUNE_UID": "0"}, "worker")
+    assert done.returncode == 0 and "uid=1000 " in done.stdout, done.stdout + done.stderr
+    assert "never runs as root" in done.stderr
+
+
+@needs_root
+def test_entrypoint_refuses_to_run_rnntune_as_root(entrypoint_env: dict[str, str]) -> None:
+    """The assertion itself: an image whose own user is root (uid 0) is refused, not obeyed."""
+    env = {**entrypoint_env}
+    del env["RNNTUNE_UID"], env["RNNTUNE_GID"]
+    # No user "rnntune" on this host: the entrypoint falls back to 1000 unless told otherwise,
+    # so feed it a passwd lookup that says root, through a stand-in `id`.
+    bin_dir = Path(env["PATH"].split(":")[0])
+    (bin_dir / "id").write_text(
+        '#!/bin/sh\nif [ "${2:-}" = rnntune ]; then echo 0; else exec /usr/bin/id "$@"; fi\n'
+    )
+    (bin_dir / "id").chmod(0o755)
+    done = run_entrypoint(env, "worker")
+    assert done.returncode == 70, done.stdout + done.stderr
+    assert "refusing to run rnntune as root" in done.stderr and "rnntune worker" not in done.stdout
+
+
+@needs_root
+@pytest.mark.parametrize("who", [(1000, 1000), (4321, 4322)], ids=["uid-1000", "other-uid"])
+def test_entrypoint_runs_evaluate_as_the_owner_of_the_reports(
+    entrypoint_env: dict[str, str], ep_dir: Path, who: tuple[int, int]
 ) -> None:
-    reports = tmp_path / "root-owned"
+    """`mkdir reports` by any user: evaluate runs as that user, so the files are theirs."""
+    reports = ep_dir / "reports"
+    reports.mkdir()
+    os.chown(reports, *who)
+    done = run_entrypoint({**entrypoint_env, "WRITE": "report.json"}, "evaluate")
+    assert done.returncode == 0, done.stderr
+    # Its own uid and gid, and the image's group for the shared artifact volume.
+    groups = " ".join(dict.fromkeys(map(str, (who[1], RUN_GID))))
+    assert f"uid={who[0]} gid={who[1]} groups={groups} " in done.stdout, done.stdout
+    for f in ("report.json", "plots", "plots/a.png"):
+        assert owner(reports / f) == who, f
+    # The artifact volume is shared: group of the image's user, group-writable, setgid.
+    artifacts = Path(entrypoint_env["RNNTUNE_ARTIFACTS"])
+    assert artifacts.stat().st_gid == RUN_GID and artifacts.stat().st_mode & 0o2070 == 0o2070
+    assert (artifacts / f"checkpoint-{who[0]}").stat().st_mode & 0o060 == 0o060
+
+
+@needs_root
+@pytest.mark.parametrize("created", ["by-root", "missing"])
+def test_entrypoint_lends_a_root_owned_reports_dir_and_takes_it_back(
+    entrypoint_env: dict[str, str], ep_dir: Path, created: str
+) -> None:
+    """Root ran the quick start (or Docker created ./reports): unprivileged run, root's files."""
+    reports = ep_dir / "reports"
+    reports.mkdir()
+    (reports / "old.md").write_text("kept")  # root's own file: lent and given back as it was
+    if created == "missing":  # Docker creates a missing bind source as root: the same case
+        shutil.rmtree(reports)
+        reports.mkdir()
+    done = run_entrypoint({**entrypoint_env, "WRITE": "report.json"}, "evaluate")
+    assert done.returncode == 0, done.stderr
+    assert f"uid={RUN_UID} gid={RUN_GID} " in done.stdout, done.stdout
+    kept = ["old.md"] if created == "by-root" else []
+    for f in (".", "report.json", "plots", "plots/a.png", *kept):
+        assert owner(reports / f) == (0, 0), f
+
+
+@contextmanager
+def evaluate_holding(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """The entrypoint running a fake `evaluate` that waits for SIGTERM; killed if still there."""
+    proc = subprocess.Popen(
+        ["sh", str(ENTRYPOINT), "evaluate"],
+        env={**env, "TRAP": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: the finaliser kills all of it
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith(f"rnntune evaluate uid={RUN_UID} "), first
+        assert proc.stdout.readline() == "ready\n"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+
+
+@needs_root
+@pytest.mark.timeout(60)
+def test_entrypoint_forwards_sigterm_while_it_lends_the_reports(
+    entrypoint_env: dict[str, str], ep_dir: Path
+) -> None:
+    """`docker compose stop` during evaluate: rnntune gets the SIGTERM, exits 0, files to root."""
+    reports = ep_dir / "reports"
+    (reports / "report_plots").mkdir(parents=True)  # a root run's plots: rewritten, so lent
+    (reports / "keep").mkdir()  # anything else of root's there: never lent
+    (reports / "keep" / "secret").write_text("root's")
+    with evaluate_holding(entrypoint_env) as proc:
+        # Lent for the run: the directory and rnntune's plot directory, nothing else.
+        assert owner(reports) == owner(reports / "report_plots") == (RUN_UID, RUN_GID)
+        assert owner(reports / "keep") == owner(reports / "keep" / "secret") == (0, 0)
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out == "TERM as 1000\n"
+    for f in (".", "late", "report_plots", "keep", "keep/secret"):
+        assert owner(reports / f) == (0, 0), f
+    assert not (reports / ".rnntune-lent").exists()
+
+
+@needs_root
+@pytest.mark.timeout(60)
+def test_entrypoint_takes_back_the_reports_after_a_killed_run(
+    entrypoint_env: dict[str, str], ep_dir: Path
+) -> None:
+    """SIGKILL (OOM, docker kill) while root's directory is lent: the next start hands it back."""
+    reports = ep_dir / "reports"
+    reports.mkdir()
+    with evaluate_holding(entrypoint_env) as proc:
+        (reports / "partial.json").write_text("{}")  # as the unprivileged run would leave it
+        os.chown(reports / "partial.json", RUN_UID, RUN_GID)
+        os.killpg(proc.pid, signal.SIGKILL)  # the supervisor and rnntune alike
+        proc.wait(timeout=30)
+    assert owner(reports) == (RUN_UID, RUN_GID) and (reports / ".rnntune-lent").exists()
+    done = run_entrypoint({**entrypoint_env, "WRITE": "report.json"}, "evaluate")
+    assert done.returncode == 0, done.stderr
+    assert f"uid={RUN_UID} gid={RUN_GID} " in done.stdout, done.stdout
+    for f in (".", "partial.json", "report.json"):
+        assert owner(reports / f) == (0, 0), f
+    assert not (reports / ".rnntune-lent").exists()
+
+
+def test_entrypoint_explains_an_unwritable_reports_dir(
+    entrypoint_env: dict[str, str], ep_dir: Path
+) -> None:
+    """With a fixed non-root user (runAsUser, --user) nothing can be fixed: one clear line."""
+    reports = ep_dir / "root-owned"
     reports.mkdir(mode=0o555)
-    done = run_entrypoint({**entrypoint_env, "RNNTUNE_OUT": str(reports)}, "evaluate")
-    assert done.returncode == 77
-    assert "is not writable by uid" in done.stderr and "mkdir -p reports" in done.stderr
+    env = {**entrypoint_env, "RNNTUNE_OUT": str(reports)}
+    artifacts = Path(env["RNNTUNE_ARTIFACTS"])
+    artifacts.mkdir(mode=0o777)
+    artifacts.chmod(0o777)
+    if IS_ROOT:
+        done = run_entrypoint(env, "evaluate", as_user=(RUN_UID, RUN_GID))
+    else:
+        if os.access(reports, os.W_OK):
+            pytest.skip("this user can write anywhere")
+        done = run_entrypoint(env, "evaluate")
+    assert done.returncode == 77, done.stdout + done.stderr
+    assert "is not writable by uid" in done.stderr and "runAsUser" in done.stderr
 
 
 @pytest.mark.skipif(shutil.which("flock") is None, reason="needs util-linux flock")
@@ -450,14 +676,14 @@ def test_entrypoint_gives_each_worker_its_own_gpu(entrypoint_env: dict[str, str]
     try:
         assert holders[0].stdout and holders[1].stdout
         lines = sorted([holders[0].stdout.readline(), holders[1].stdout.readline()])
-        assert lines == ["rnntune worker gpu=2\n", "rnntune worker gpu=5\n"]
+        assert [ln.split()[-1] for ln in lines] == ["gpu=2", "gpu=5"], lines
         # A third worker finds both slots taken: nothing to do, exit 0 (no restart loop).
         third = run_entrypoint(env, "worker")
         assert third.returncode == 0 and third.stdout == ""
         assert "every GPU slot" in third.stderr
         # Other commands take no slot.
         status = run_entrypoint({**env, "HOLD": ""}, "status")
-        assert status.stdout == "rnntune status gpu=none\n"
+        assert status.stdout.startswith("rnntune status ") and status.stdout.endswith("gpu=none\n")
     finally:
         for p in holders:
             p.kill()
@@ -466,4 +692,4 @@ def test_entrypoint_gives_each_worker_its_own_gpu(entrypoint_env: dict[str, str]
                 p.stdout.close()
     # The kernel released the locks with the processes: a new worker gets a GPU again.
     again = run_entrypoint({**env, "HOLD": ""}, "worker")
-    assert again.stdout == "rnntune worker gpu=2\n"
+    assert again.stdout.endswith("gpu=2\n"), again.stdout

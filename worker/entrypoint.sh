@@ -155,12 +155,11 @@ need_secret() {  # need_secret VAR: the file named by $VAR, if set, is readable 
     eval "file=\${$1:-}"
     [ -n "$file" ] || return 0
     if [ -d "$file" ]; then
-        say "$1=$file is a directory, not a file: the secret's file was missing on the host, so"
-        echo "  Docker mounted an empty directory in its place. Create the three password files" >&2
-        echo "  (README, \"Quick start\": mkdir -p -m 700 secrets && for s in db_password" >&2
-        echo "  worker_db_password dashboard_db_password; do openssl rand -hex 24 >secrets/\$s &&" >&2
-        echo "  chmod 644 secrets/\$s; done), remove any directory Docker made there, then run" >&2
-        echo "  \`docker compose up -d\` again." >&2
+        say "$1=$file is a directory, not a file: the password file was missing on the host,"
+        echo "  so Docker (docker run -v) mounted an empty directory in its place. Remove the" >&2
+        echo "  directory Docker made there, create the file (README, \"Quick start\": mkdir -p -m" >&2
+        echo "  700 secrets && for s in db_password worker_db_password dashboard_db_password; do" >&2
+        echo "  openssl rand -hex 24 >secrets/\$s && chmod 644 secrets/\$s; done), then start again." >&2
         exit 78
     elif [ ! -e "$file" ]; then
         say "$1=$file does not exist: mount the password file there (a Docker secret," \

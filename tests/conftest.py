@@ -305,6 +305,16 @@ def fresh_pg_database() -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture(autouse=True)
+def _reap_processes() -> Iterator[None]:
+    """Every process a test started through tests.helpers is killed when the test ends, whether
+    it passed or failed: a leaked worker would keep claiming work and fail a later test."""
+    yield
+    helpers = sys.modules.get("tests.helpers")  # never imported: it started nothing
+    if helpers is not None:
+        helpers.reap_all()
+
+
 # -- other things from outside the project -----------------------------------------------------
 
 

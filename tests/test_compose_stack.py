@@ -22,6 +22,7 @@ SMOKE = ROOT / "tests" / "compose" / "smoke.sh"
 pytestmark = [pytest.mark.compose, pytest.mark.slow]
 
 
+@pytest.mark.timeout(2000)  # smoke.sh has its own 1800 s limit
 def test_compose_stack() -> None:
     standins = SHARED / "docker" / "standins"
     if not (os.geteuid() == 0 and standins.is_file()):

@@ -57,7 +57,10 @@ def test_group_size_follows_family_and_device() -> None:
     from rnntune.models import ModelConfig
 
     assert ensemble.group_size(ModelConfig("gru", 1, 32), "cpu") == 10
-    assert ensemble.group_size(ModelConfig("rnn", 1, 64), "cpu") == 10
+    assert ensemble.group_size(ModelConfig("rnn", 1, 16), "cpu") == 10
+    # At hidden 64 the fast single-model layers beat the batched loop on CPU (measured).
+    assert ensemble.group_size(ModelConfig("rnn", 1, 64), "cpu") == 1
+    assert ensemble.group_size(ModelConfig("gru", 1, 64), "cuda") == 10
     # torch's fused oneDNN LSTM beats the batched loop on CPU (measured): one at a time.
     assert ensemble.group_size(ModelConfig("lstm", 1, 32), "cpu") == 1
     assert ensemble.group_size(ModelConfig("lstm", 1, 32), "cuda") == 10

@@ -1,12 +1,12 @@
-"""`rnntune run` SIGKILLed during tuning and again during evaluation, then rerun: exact counts."""
+"""`rnntune run` SIGKILLed during tuning and again during evaluation, then rerun: exact counts.
+
+Where the kills land is held in place by failpoints, not left to the machine's speed: the
+workers pause (``sleep``) after their second finished trial, then after their first finished
+repeat, and the test kills the run while they are there."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from rnntune import evaluation
 from rnntune.experiment import find_or_raise_by_name
 from rnntune.storage import open_optuna_storage
 from tests.conftest import rnntune
-from tests.helpers import FAST, assert_exact, finished
+from tests.helpers import FAST, assert_exact, finished, kill, output, spawn, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -43,35 +43,17 @@ def _args(url: str, cwd: Path) -> list[str]:
     ]
 
 
-def _start(url: str, cwd: Path) -> subprocess.Popen[str]:
-    """A real `rnntune run`; its output goes to a file the test shows if the run misbehaves."""
-    log = cwd / f"run-{len(list(cwd.glob('run-*.log')))}.log"
-    with log.open("w") as out:
-        p = subprocess.Popen(
-            [sys.executable, "-m", "rnntune", *_args(url, cwd)],
-            cwd=cwd,
-            text=True,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "RNNTUNE_LOG_LEVEL": "INFO"},
-        )
-    p.log = log  # type: ignore[attr-defined]
-    return p
-
-
-def _wait_alive(p: subprocess.Popen[str], pred, timeout: float, interval: float = 0.3) -> None:  # noqa: ANN001
-    """Wait for ``pred`` while the run is alive; fail at once, with its output, if it exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _safe(pred):
-            return
-        if p.poll() is not None:
-            break
-        time.sleep(interval)
-    _sigkill(p)
-    raise AssertionError(
-        f"run exited with {p.returncode} or timed out after {timeout}s before the condition;"
-        f" its output:\n{p.log.read_text()[-4000:]}"  # type: ignore[attr-defined]
+def _start(url: str, cwd: Path, pause_at: str) -> object:
+    """A real `rnntune run` whose workers pause for a minute at ``pause_at`` (NAME@N); reaped by
+    the conftest fixture, pass or fail."""
+    return spawn(
+        [sys.executable, "-m", "rnntune", *_args(url, cwd)],
+        cwd=cwd,
+        env={
+            "RNNTUNE_LOG_LEVEL": "INFO",
+            "RNNTUNE_FAILPOINTS": pause_at.replace("@", "=sleep:60@"),
+        },
+        log=cwd / f"run-{len(list(cwd.glob('run-*.log')))}.log",
     )
 
 
@@ -79,30 +61,29 @@ def _repeats_done(url: str) -> int:
     st = open_optuna_storage(url, read_only=True)
     try:
         exp = find_or_raise_by_name(st.engine, "default")
+        return sum(c.done for c in evaluation.progress(st.engine, exp).values())
     except Exception:  # noqa: BLE001 - not registered yet
         return 0
-    return sum(c.done for c in evaluation.progress(st.engine, exp).values())
+    finally:
+        st.engine.dispose()  # polled: leave no connection behind
 
 
-def _sigkill(p: subprocess.Popen[str]) -> None:
-    if p.poll() is None:
-        os.kill(p.pid, signal.SIGKILL)
-    p.wait(10)
-
-
+@pytest.mark.timeout(900)
 def test_sigkill_during_tuning_and_evaluation_then_resume(storage_url: str, tmp_path: Path) -> None:
     # 1. Kill the whole `rnntune run` (its workers die with it) in the middle of tuning.
-    p = _start(storage_url, tmp_path)
-    _wait_alive(p, lambda: sum(finished(storage_url).values()) >= 3, timeout=180)
-    _sigkill(p)
+    # Each worker pauses after its second finished trial: at most 4 of the 12 are finished.
+    p = _start(storage_url, tmp_path, "tell.after@2")
+    wait_for(lambda: sum(finished(storage_url).values()) >= 3, timeout=180, alive=[p])
+    kill(p)
     mid = finished(storage_url)
-    assert sum(mid.values()) < 12, "killed too late to test anything"
+    assert 3 <= sum(mid.values()) <= 4, mid
 
     # 2. Resume; kill again once evaluation has started but is not finished.
-    p = _start(storage_url, tmp_path)
-    _wait_alive(p, lambda: _repeats_done(storage_url) >= 1, timeout=300, interval=0.1)
-    _sigkill(p)
-    assert _repeats_done(storage_url) < 9, "killed too late to test anything"
+    # Each worker pauses after its first finished repeat: at most 2 of the 9 are done.
+    p = _start(storage_url, tmp_path, "repeat.after_complete@1")
+    wait_for(lambda: _repeats_done(storage_url) >= 1, timeout=300, interval=0.1, alive=[p])
+    kill(p)
+    assert 1 <= _repeats_done(storage_url) <= 2, output(p)[-3000:]
     # Trials finished before each kill are kept.
     after = finished(storage_url)
     assert all(after[f] >= mid[f] for f in mid)
@@ -111,10 +92,3 @@ def test_sigkill_during_tuning_and_evaluation_then_resume(storage_url: str, tmp_
     proc = rnntune(*_args(storage_url, tmp_path), cwd=tmp_path, timeout=400)
     assert "resuming experiment 'default'" in proc.stdout
     assert_exact(storage_url, budget=4, repeats=3)
-
-
-def _safe(fn):  # noqa: ANN001, ANN202
-    try:
-        return fn()
-    except Exception:  # noqa: BLE001 - the database may not exist yet
-        return False

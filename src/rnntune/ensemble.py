@@ -49,17 +49,20 @@ def supports(config: ModelConfig) -> bool:
 def group_size(config: ModelConfig, device: str) -> int:
     """How many members to train as one on ``device``; 1 means one after another.
 
-    Measured on one CPU thread (``benchmarks/evaluation_speed.py``, T=140, B=32): 10 GRU or
-    RNN members cost about as much as 2-3 trained one by one (torch runs both as a per-step loop
-    of small operations, which batching over members amortises), while torch's LSTM is one fused
-    oneDNN kernel on CPU that beats the batched loop member for member. On a GPU every family
-    is latency-bound at these sizes, so all batch.
+    Measured on one CPU thread against the fast single-model layers of ``rnntune.fastrnn``
+    (``benchmarks/evaluation_speed.py --families rnn gru --hidden 16 32 64``, T=140, B=32, 10
+    repeats): the ensemble is 1.5x (RNN) / 1.3x (GRU) faster at hidden 16, 1.2x / 1.0x at 32 and
+    slower at 64 (0.9x RNN), so it is used on CPU for GRU and RNN up to hidden 32 only. torch's
+    LSTM is one fused oneDNN kernel on CPU that beats the batched loop member for member. On a
+    GPU every family is latency-bound at these sizes, so all batch (not measured here: no GPU).
     """
     if not supports(config):
         return 1
     if str(device).startswith("cuda"):
         return 10
-    return 1 if config.cell == "lstm" else 10
+    if config.cell == "lstm" or config.hidden_size > 32:
+        return 1
+    return 10
 
 
 def param_names(config: ModelConfig) -> list[str]:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from rnntune.exceptions import ConfigError
+from rnntune.fastrnn import FastGRU, FastRNN
 
 __all__ = ["FAMILIES", "READOUTS", "ModelConfig", "RecurrentClassifier"]
 
@@ -19,7 +20,10 @@ FAMILIES = ("rnn", "gru", "lstm")
 # What the head reads: the top layer's last step, or its mean over time (long sequences).
 READOUTS = ("last", "mean")
 
-_CELLS: dict[str, Callable[..., nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+# GRU and RNN: torch's modules with a hand-written CPU kernel (rnntune.fastrnn): the same
+# parameters, initialisation and state dicts, 2-5x faster training on the CPU; on CUDA they
+# are cuDNN's. torch already fuses LSTM on the CPU (oneDNN).
+_CELLS: dict[str, Callable[..., nn.RNNBase]] = {"rnn": FastRNN, "gru": FastGRU, "lstm": nn.LSTM}
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,11 @@ class ModelConfig:
 
 class RecurrentClassifier(nn.Module):
     """``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` over the sequence, a linear head on the last step
-    (or, with ``readout="mean"``, on the mean over all steps)."""
+    (or, with ``readout="mean"``, on the mean over all steps).
+
+    The RNN and GRU are :class:`~rnntune.fastrnn.FastRNN` / :class:`~rnntune.fastrnn.FastGRU`:
+    subclasses of torch's with the same state dict, faster on the CPU.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

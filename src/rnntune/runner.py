@@ -219,6 +219,11 @@ def ensure_reference_points(
             splits.X_train, splits.y_train, splits.X_test, splits.y_test, seed=exp.config.seed
         )
         points["seconds"] = round(time.perf_counter() - t0, 3)
+        if exp.config.resplit:
+            points["note"] = (
+                "measured on the fixed split (tuning's); with --resplit each repeat tests on its "
+                "own split, so these are a guide, not the same test sequences"
+            )
     except Exception as e:  # noqa: BLE001 - the trained families are the primary result
         log.warning("no reference points for the report: %s", e)
         return

@@ -537,6 +537,7 @@ def _references(report: Mapping[str, Any]) -> list[Block]:
             f"Measured on the same test split as the families ({refs.get('n_test', 'n/a')} "
             f"sequences), fit on the training part ({refs.get('n_train', 'n/a')}); classical "
             f"baseline chosen by rule: {refs.get('choice', 'n/a')}."
+            + (f" Note: {refs['note']}." if refs.get("note") else "")
         )
     )
     blocks.append(

@@ -208,6 +208,50 @@ def secret_problems(doc: Doc, text: str) -> list[str]:
     return problems
 
 
+# Which password file each service may hold, and the variables that name it there.
+SECRETS = {"db_password", "worker_db_password", "dashboard_db_password"}
+SECRET_USERS = {
+    "db": {"POSTGRES_PASSWORD_FILE": "db_password"},
+    "init": {
+        "RNNTUNE_STORAGE_PASSWORD_FILE": "db_password",
+        "RNNTUNE_WORKER_ROLE_PASSWORD_FILE": "worker_db_password",
+        "RNNTUNE_DASHBOARD_ROLE_PASSWORD_FILE": "dashboard_db_password",
+    },
+    "worker": {"RNNTUNE_STORAGE_PASSWORD_FILE": "worker_db_password"},
+    "evaluate": {"RNNTUNE_STORAGE_PASSWORD_FILE": "worker_db_password"},
+    "dashboard": {"RNNTUNE_STORAGE_PASSWORD_FILE": "dashboard_db_password"},
+}
+
+
+def secret_source_problems(doc: Doc) -> list[str]:
+    """Each password is a Docker secret from a file (the only source Compose v1 and v2 both
+    take: v1.29 rejects `environment:`), mounted only where it is needed and named by *_FILE."""
+    problems = []
+    secrets = doc.get("secrets") or {}
+    if set(secrets) != SECRETS:
+        problems.append(f"secrets {sorted(secrets)} are not {sorted(SECRETS)}")
+    for name, spec in secrets.items():
+        source = (spec or {}).get("file", "")
+        if set(spec or {}) != {"file"} or not source.endswith(f"/{name}"):
+            problems.append(
+                f"secret {name} is not `file: ${{RNNTUNE_SECRETS_DIR:-./secrets}}/{name}`"
+            )
+        elif not source.startswith("${RNNTUNE_SECRETS_DIR:-./secrets}/"):
+            problems.append(f"secret {name} is not under RNNTUNE_SECRETS_DIR (./secrets)")
+    for service, wanted in SECRET_USERS.items():
+        spec = doc.get("services", {}).get(service, {})
+        held = {s if isinstance(s, str) else s.get("source") for s in spec.get("secrets", [])}
+        if held != set(wanted.values()):
+            problems.append(
+                f"{service} holds secrets {sorted(held)}, not {sorted(wanted.values())}"
+            )
+        env = env_list(spec.get("environment"))
+        for var, secret in wanted.items():
+            if env.get(var) != f"/run/secrets/{secret}":
+                problems.append(f"{service}: {var} is not /run/secrets/{secret}")
+    return problems
+
+
 def undocumented(texts: list[str], env_example: str) -> list[str]:
     documented = set(ENV_LINE.findall(env_example))
     used = {name for text in texts for name in VAR_REF.findall(text)}
@@ -271,17 +315,57 @@ def test_env_example_documents_every_variable() -> None:
     assert undocumented(texts, ENV_EXAMPLE.read_text(encoding="utf-8")) == []
 
 
-def test_env_example_needs_only_the_password() -> None:
-    """cp .env.example .env + the three passwords (owner, workers' role, dashboard's role) runs
-    the demo: nothing else is required (`:?`)."""
-    active = {
-        m.group(1): m.group(2)
-        for m in re.finditer(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", ENV_EXAMPLE.read_text(), re.M)
-    }
-    passwords = {"POSTGRES_PASSWORD", "RNNTUNE_WORKER_DB_PASSWORD", "RNNTUNE_DASHBOARD_DB_PASSWORD"}
-    assert active == dict.fromkeys(passwords, "")
-    required = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*):?\?", COMPOSE.read_text()))
-    assert required == passwords
+def test_secrets_come_from_files(compose: Doc) -> None:
+    assert secret_source_problems(compose) == []
+
+
+def test_env_example_needs_nothing() -> None:
+    """The demo runs without a .env: the passwords are files (secrets/), every setting in
+    .env.example is commented out with its default, and nothing is required (`:?`)."""
+    active = re.findall(r"^([A-Za-z_][A-Za-z0-9_]*)=", ENV_EXAMPLE.read_text(), re.M)
+    assert active == []
+    assert "PASSWORD=" not in ENV_EXAMPLE.read_text()
+    assert re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*):?\?", COMPOSE.read_text()) == []
+
+
+def quick_start_secrets_command(text: str) -> str:
+    """The README's command that creates the password files (its two lines, joined)."""
+    m = re.search(r"(mkdir -p -m 700 secrets && for s in .*?; done)", text, re.S)
+    assert m, "no `mkdir -p -m 700 secrets && for s in ...; done` command"
+    return " ".join(m.group(1).split())
+
+
+def test_readme_quick_start_makes_readable_secret_files(tmp_path: Path) -> None:
+    """The README's command, run for real: three non-empty files the containers' users (postgres
+    999, rnntune 1000 or the reports' owner) can read, in a directory only its owner lists;
+    smoke.sh and .env.example give the same command."""
+    readme = (ROOT / "README.md").read_text()
+    quick_start = readme[readme.index("### Quick start") :]
+    command = quick_start_secrets_command(quick_start)
+    smoke = (ROOT / "tests" / "compose" / "smoke.sh").read_text()
+    assert quick_start_secrets_command(smoke) == command
+    example = "\n".join(ln.lstrip("# ") for ln in ENV_EXAMPLE.read_text().splitlines())
+    assert quick_start_secrets_command(example) == command
+    # As a user whose umask keeps everything private: the command must still give 644 files.
+    subprocess.run(["sh", "-c", f"umask 077 && {command}"], cwd=tmp_path, check=True, timeout=60)
+    d = tmp_path / "secrets"
+    assert d.stat().st_mode & 0o777 == 0o700
+    assert sorted(p.name for p in d.iterdir()) == sorted(SECRETS)
+    for name in SECRETS:
+        f = d / name
+        assert f.stat().st_mode & 0o777 == 0o644, name
+        assert re.fullmatch(r"[0-9a-f]{48}\n", f.read_text()), name
+    assert len({(d / n).read_text() for n in SECRETS}) == 3
+
+
+def test_secrets_stay_out_of_git_and_images() -> None:
+    assert "/secrets/" in (ROOT / ".gitignore").read_text().splitlines()
+    assert "secrets/" in (ROOT / ".dockerignore").read_text().splitlines()
+    if (ROOT / ".git").exists() and shutil.which("git"):
+        ignored = subprocess.run(
+            ["git", "check-ignore", "-q", "secrets/db_password"], cwd=ROOT, check=False
+        )
+        assert ignored.returncode == 0, "git would add secrets/db_password"
 
 
 def test_gpu_override(gpu: Doc) -> None:
@@ -407,6 +491,34 @@ def test_secret_check_catches(compose: Doc, where: str) -> None:
         )
     assert secret_problems(broken, "") != []
     assert secret_problems({}, "      POSTGRES_PASSWORD: hunter2\n") != []
+
+
+SECRET_BREAKAGES: dict[str, Callable[[Doc], None]] = {
+    # What main had: Compose v1.29 rejects it (secrets.db_password value 'environment' ...).
+    "secret from environment": lambda d: d["secrets"].update(
+        db_password={"environment": "POSTGRES_PASSWORD"}
+    ),
+    "secret outside RNNTUNE_SECRETS_DIR": lambda d: d["secrets"].update(
+        db_password={"file": "/etc/db_password"}
+    ),
+    "dashboard holds the owner's password": lambda d: d["services"]["dashboard"].update(
+        secrets=["dashboard_db_password", "db_password"]
+    ),
+    "worker not given its secret": lambda d: d["services"]["worker"].update(secrets=[]),
+    "*_FILE names another secret": lambda d: d["services"]["evaluate"]["environment"].update(
+        RNNTUNE_STORAGE_PASSWORD_FILE="/run/secrets/db_password"
+    ),
+    "db password from the environment": lambda d: d["services"]["db"]["environment"].pop(
+        "POSTGRES_PASSWORD_FILE"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SECRET_BREAKAGES))
+def test_secret_source_check_catches(compose: Doc, name: str) -> None:
+    broken = copy.deepcopy(compose)
+    SECRET_BREAKAGES[name](broken)
+    assert secret_source_problems(broken)
 
 
 def test_env_check_catches() -> None:
@@ -693,3 +805,48 @@ def test_entrypoint_gives_each_worker_its_own_gpu(entrypoint_env: dict[str, str]
     # The kernel released the locks with the processes: a new worker gets a GPU again.
     again = run_entrypoint({**env, "HOLD": ""}, "worker")
     assert again.stdout.endswith("gpu=2\n"), again.stdout
+
+
+@pytest.mark.parametrize("problem", ["directory", "missing", "empty"])
+def test_entrypoint_explains_a_missing_secret(
+    entrypoint_env: dict[str, str], ep_dir: Path, problem: str
+) -> None:
+    """A password file missing on the host: Docker mounts an empty directory in its place. One
+    clear message with the fix, before rnntune starts, for every *_PASSWORD_FILE it is given."""
+    secret = ep_dir / "worker_db_password"
+    if problem == "directory":
+        secret.mkdir()
+    elif problem == "empty":
+        secret.write_text("")
+    ok = ep_dir / "ok"
+    ok.write_text("pw\n")
+    ok.chmod(0o644)
+    for var in (
+        "RNNTUNE_STORAGE_PASSWORD_FILE",
+        "RNNTUNE_WORKER_ROLE_PASSWORD_FILE",
+        "RNNTUNE_DASHBOARD_ROLE_PASSWORD_FILE",
+    ):
+        env = {**entrypoint_env, "RNNTUNE_STORAGE_PASSWORD_FILE": str(ok), var: str(secret)}
+        done = run_entrypoint(env, "init")
+        assert done.returncode == 78, done.stdout + done.stderr
+        assert done.stdout == "", "rnntune ran"
+        assert f"{var}={secret} " in done.stderr
+        want = {"directory": "openssl rand -hex 24", "missing": "does not exist", "empty": "empty"}
+        assert want[problem] in done.stderr, done.stderr
+    # The file there, readable: rnntune runs.
+    done = run_entrypoint({**entrypoint_env, "RNNTUNE_STORAGE_PASSWORD_FILE": str(ok)}, "init")
+    assert done.returncode == 0 and done.stdout.startswith("rnntune init "), done.stderr
+
+
+@needs_root
+def test_entrypoint_explains_an_unreadable_secret(
+    entrypoint_env: dict[str, str], ep_dir: Path
+) -> None:
+    """A password file only root can read (made with umask 077, no chmod 644): rnntune runs as
+    another user, so it is told, with the fix, instead of a permission error at connect time."""
+    secret = ep_dir / "db_password"
+    secret.write_text("pw\n")
+    secret.chmod(0o600)
+    done = run_entrypoint({**entrypoint_env, "RNNTUNE_STORAGE_PASSWORD_FILE": str(secret)}, "init")
+    assert done.returncode == 78, done.stdout + done.stderr
+    assert f"not readable by uid {RUN_UID} " in done.stderr and "chmod 644" in done.stderr

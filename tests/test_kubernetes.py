@@ -195,6 +195,9 @@ def reference_problems(docs: list[Doc]) -> list[str]:
             claim = v.get("persistentVolumeClaim", {}).get("claimName")
             if claim is not None and claim not in claims:
                 problems.append(f"{where}: volume {v['name']} claims missing PVC {claim}")
+            secret = v.get("secret", {}).get("secretName")
+            if secret is not None and secret not in secrets:
+                problems.append(f"{where}: volume {v['name']} is missing Secret {secret}")
         for c in containers(pod):
             at = f"{where} container {c['name']}"
             for m in c.get("volumeMounts", []):
@@ -352,12 +355,39 @@ def rnntune_problems(docs: list[Doc], target: str) -> list[str]:
     pvcs = by_kind(docs, "PersistentVolumeClaim")
     if pvcs.get("rnntune-artifacts", {}).get("spec", {}).get("accessModes") != ["ReadWriteMany"]:
         problems.append("no ReadWriteMany PVC rnntune-artifacts for the checkpoints")
+    # The database's password Secret (kustomize appends a hash to its name).
+    db_secrets = {
+        n
+        for n, d in by_kind(docs, "Secret").items()
+        if n.startswith("rnntune-db") and "password" in (d.get("data") or {})
+    }
     for workload, pod in pod_templates(docs):
         for c in containers(pod):
+            at = f"{name(workload)} {c['name']}"
             env = {e["name"]: e for e in c.get("env", [])}
+            # As in Compose: the password is a file from the Secret, never an environment
+            # variable (`kubectl describe`, /proc/PID/environ) nor part of a URL.
+            for e in env.values():
+                if "secretKeyRef" in e.get("valueFrom", {}) or "PASSWORD)" in e.get("value", ""):
+                    problems.append(f"{at}: {e['name']} puts a Secret in the environment")
             storage = env.get("RNNTUNE_STORAGE", {}).get("value", "")
-            if "RNNTUNE_STORAGE" in env and "$(DB_PASSWORD)" not in storage:
-                problems.append(f"{name(workload)}: RNNTUNE_STORAGE does not take the Secret")
+            if re.search(r"://[^/@]*:[^/@]*@", storage):
+                problems.append(f"{at}: RNNTUNE_STORAGE holds a password")
+            password_file = {
+                "RNNTUNE_STORAGE": "RNNTUNE_STORAGE_PASSWORD_FILE",
+                "POSTGRES_USER": "POSTGRES_PASSWORD_FILE",
+            }
+            for var, file_var in password_file.items():
+                if var not in env:
+                    continue
+                path = env.get(file_var, {}).get("value", "")
+                secrets_at = {
+                    m["mountPath"].rstrip("/") + "/password"
+                    for m in c.get("volumeMounts", [])
+                    if _volume(pod, m["name"]).get("secret", {}).get("secretName") in db_secrets
+                }
+                if path not in secrets_at:
+                    problems.append(f"{at}: {file_var} is not the mounted Secret's password file")
     db = {d["metadata"]["name"]: d for d in docs if d["kind"] in ("StatefulSet", "Service")}
     host = find(docs, "ConfigMap", "rnntune-db")["data"]["HOST"]
     if target == "external-db":
@@ -444,6 +474,14 @@ def test_a_missing_password_file_is_a_clear_error(tmp_path: Path) -> None:
 # -- the checks can fail ---------------------------------------------------------------------------
 
 
+def _volume(pod: Doc, name_: str) -> Doc:
+    return next((v for v in pod["spec"].get("volumes", []) if v["name"] == name_), {})
+
+
+def _env(container: Doc, name_: str) -> Doc:
+    return next(e for e in container["env"] if e["name"] == name_)
+
+
 def _pod(docs: list[Doc], kind: str, name_: str) -> Doc:
     return find(docs, kind, name_)["spec"]["template"]["spec"]
 
@@ -454,12 +492,12 @@ def _worker(docs: list[Doc]) -> Doc:
 
 REFERENCE_BREAKAGES: dict[str, Callable[[list[Doc]], None]] = {
     "mount of no volume": lambda d: _worker(d)["volumeMounts"][0].update(name="nope"),
-    "missing PVC": lambda d: _pod(d, "Job", "rnntune-worker")["volumes"][0][
-        "persistentVolumeClaim"
-    ].update(claimName="nope"),
-    "missing secret key": lambda d: _worker(d)["env"][0]["valueFrom"]["secretKeyRef"].update(
-        key="nope"
-    ),
+    "missing PVC": lambda d: next(
+        v for v in _pod(d, "Job", "rnntune-worker")["volumes"] if "persistentVolumeClaim" in v
+    )["persistentVolumeClaim"].update(claimName="nope"),
+    "missing secret": lambda d: next(
+        v for v in _pod(d, "Job", "rnntune-worker")["volumes"] if "secret" in v
+    )["secret"].update(secretName="nope"),
     "undefined $(VAR)": lambda d: _worker(d)["env"][-1].update(value="postgresql://$(DB_NOPE)"),
     "missing configmap": lambda d: _worker(d)["envFrom"][0]["configMapRef"].update(name="nope"),
     "service selects nothing": lambda d: find(d, "Service", "rnntune-dashboard")["spec"][
@@ -504,7 +542,18 @@ RNNTUNE_BREAKAGES: dict[str, Callable[[list[Doc]], None]] = {
         command=["sh", "-c", "until rnntune stauts; do sleep 5; done"]
     ),
     "indexed": lambda d: find(d, "Job", "rnntune-worker")["spec"].update(completions=4),
-    "literal url": lambda d: _worker(d)["env"][-1].update(value="postgresql://u:pw@db/x"),
+    "literal url": lambda d: _env(_worker(d), "RNNTUNE_STORAGE").update(
+        value="postgresql://u:pw@db/x"
+    ),
+    "password in the environment": lambda d: _worker(d)["env"].insert(
+        0, {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "x", "key": "password"}}}
+    ),
+    "password file not mounted": lambda d: _worker(d).update(
+        volumeMounts=[m for m in _worker(d)["volumeMounts"] if m["name"] != "db-password"]
+    ),
+    "postgres password from the environment": lambda d: _env(
+        _pod(d, "StatefulSet", "rnntune-db")["containers"][0], "POSTGRES_PASSWORD_FILE"
+    ).update(name="POSTGRES_PASSWORD"),
     "gpu on cpu": lambda d: _worker(d)["resources"]["limits"].update({"nvidia.com/gpu": 1}),
     "rwo artifacts": lambda d: find(d, "PersistentVolumeClaim", "rnntune-artifacts")["spec"].update(
         accessModes=["ReadWriteOnce"]

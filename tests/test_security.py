@@ -213,6 +213,13 @@ def test_password_file_builds_the_url_in_code(tmp_path: Path) -> None:
         5432,
         "rnntune",
     )
+    # No user in the URL (compose's init: libpq's PGUSER names it): the password must not be
+    # dropped on the way, as SQLAlchemy does with a password that has no user name.
+    env = {"RNNTUNE_STORAGE_PASSWORD_FILE": str(pw), "PGUSER": "owner"}
+    parsed = make_url(storage_from_env("postgresql://db:5432/rnntune", env))
+    assert (parsed.username, parsed.password) == ("owner", PASSWORD)
+    with pytest.raises(ConfigError, match="names no user"):
+        storage_from_env("postgresql://db/x", {"RNNTUNE_STORAGE_PASSWORD_FILE": str(pw)})
     # The whole URL from a file, and --storage/RNNTUNE_STORAGE before it.
     (tmp_path / "url").write_text("sqlite:///from-file.db\n")
     env = {"RNNTUNE_STORAGE_FILE": str(tmp_path / "url")}

@@ -151,6 +151,37 @@ claim_gpu() {  # claim_gpu SLOTS_DIR: first free slot of RNNTUNE_GPUS; fd 9 hold
     return 1
 }
 
+need_secret() {  # need_secret VAR: the file named by $VAR, if set, is readable and non-empty
+    eval "file=\${$1:-}"
+    [ -n "$file" ] || return 0
+    if [ -d "$file" ]; then
+        say "$1=$file is a directory, not a file: the password file was missing on the host,"
+        echo "  so Docker (docker run -v) mounted an empty directory in its place. Remove the" >&2
+        echo "  directory Docker made there, create the file (README, \"Quick start\": mkdir -p -m" >&2
+        echo "  700 secrets && for s in db_password worker_db_password dashboard_db_password; do" >&2
+        echo "  openssl rand -hex 24 >secrets/\$s && chmod 644 secrets/\$s; done), then start again." >&2
+        exit 78
+    elif [ ! -e "$file" ]; then
+        say "$1=$file does not exist: mount the password file there (a Docker secret," \
+            "a Kubernetes Secret volume), then start the container again."
+        exit 78
+    elif [ ! -r "$file" ]; then
+        say "$1=$file is not readable by uid $(id -u) gid $(id -g): make the file on the host" \
+            "readable by it (chmod 644 it; its directory may stay private), then start again."
+        exit 78
+    elif [ ! -s "$file" ]; then
+        say "$1=$file is empty: write the password into it (openssl rand -hex 24 >FILE)," \
+            "then start again."
+        exit 78
+    fi
+}
+
+# Before anything else: a missing secret is one clear line, not a connection error later.
+for var in RNNTUNE_STORAGE_PASSWORD_FILE RNNTUNE_WORKER_ROLE_PASSWORD_FILE \
+    RNNTUNE_DASHBOARD_ROLE_PASSWORD_FILE; do
+    need_secret "$var"
+done
+
 case "$command" in
     worker | evaluate | run)
         need_writable "${RNNTUNE_ARTIFACTS:-/artifacts}" "the artifact directory (RNNTUNE_ARTIFACTS)"

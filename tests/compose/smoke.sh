@@ -56,11 +56,14 @@ WORK=$(mktemp -d /tmp/rnntune-smoke.XXXXXX)
 PROJECT=rnntunesmoke$$
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p "$WORK/data"   # not reports: Docker creates it, as for a user who did not
+# The three password files, the README's way (as root here, no chown: the containers' users,
+# postgres 999 and rnntune 1000 or the reports' owner, must still read them).
+(cd "$WORK" && mkdir -p -m 700 secrets && for s in db_password worker_db_password dashboard_db_password; do
+    openssl rand -hex 24 >secrets/$s && chmod 644 secrets/$s; done)
+# The workers' password holds URL-special characters on purpose: rnntune puts it into the URL.
+printf 'w@%s:/\n' "$(openssl rand -hex 16)" >"$WORK/secrets/worker_db_password"
 cat >"$WORK/.env" <<EOF
-POSTGRES_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
-# The roles' passwords hold URL-special characters on purpose: they travel as Docker secrets.
-RNNTUNE_WORKER_DB_PASSWORD=w@$(python3 -c 'import secrets; print(secrets.token_hex(16))'):/
-RNNTUNE_DASHBOARD_DB_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
+RNNTUNE_SECRETS_DIR=$WORK/secrets
 RNNTUNE_POSTGRES_IMAGE=$PG_IMAGE
 RNNTUNE_EXPERIMENT=$EXPERIMENT
 # Big enough that trials last a few seconds: the faults below must land while tuning runs.
@@ -303,6 +306,18 @@ sys.exit(0 if want <= names else f"missing studies: {sorted(want - names)}")
 EOF
 host_ip=$(docker port "$(ids dashboard)" 8080 | head -1)
 [[ "$host_ip" == 127.0.0.1:* ]] || fail "dashboard published on $host_ip, want 127.0.0.1 only"
+
+step "no password in any container's environment or \`docker inspect\`"
+for s in db_password worker_db_password dashboard_db_password; do
+    pw=$(cat "$WORK/secrets/$s")
+    # shellcheck disable=SC2046  # one id per word
+    if docker inspect $(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT") \
+        | grep -qF -- "$pw"; then
+        fail "the password in secrets/$s shows in docker inspect"
+    fi
+done
+[ -d "$WORK/secrets/db_password" ] && fail "Docker replaced a secret file with a directory"
+say "none of the three passwords shows in docker inspect"
 
 step "no unhandled exception in any rnntune log"
 # A kill or a stop must be absorbed (retry, hand back, resume), never crash a process: the

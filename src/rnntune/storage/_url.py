@@ -126,5 +126,14 @@ def storage_from_env(given: str | None, env: Mapping[str, str] | None = None) ->
             )
         if parsed.password is None:
             password = _read_secret("RNNTUNE_STORAGE_PASSWORD_FILE", pw_file)
-            url = parsed.set(password=password).render_as_string(hide_password=False)
+            # SQLAlchemy drops a password that has no user name with it (the URL would read
+            # postgresql://db/x and libpq would send no password): take libpq's PGUSER then.
+            username = parsed.username or env.get("PGUSER")
+            if not username:
+                raise ConfigError(
+                    "RNNTUNE_STORAGE_PASSWORD_FILE is set but the storage URL names no user: "
+                    "put one in it (postgresql://USER@host/db) or set PGUSER"
+                )
+            parsed = parsed.set(username=username, password=password)
+            url = parsed.render_as_string(hide_password=False)
     return url

@@ -112,6 +112,9 @@ MATRIX: dict[str, Case] = {
     "repeat.before_complete": Case("worker", term=True),
     "repeat.after_complete": Case("worker", term=True),
     "repeat.after_release": Case("worker", arm="repeat.after_checkpoint=term"),
+    # RNN and GRU repeats (hidden <= 32 on CPU) are trained as one group (rnntune.ensemble).
+    "group.after_claim": Case("worker", term=True),
+    "group.after_checkpoint": Case("worker", term=True),
     "export.after_write": Case("evaluate"),
     "export.after_upload": Case("evaluate"),
 }

@@ -167,7 +167,11 @@ def test_a_killed_group_is_reclaimed_and_resumed_each_repeat_once(
     epoch checkpoint); a fresh worker reclaims the repeats at once (the dead worker is on this
     host) and resumes each member from its own checkpoint; every repeat ends done exactly once,
     with the result of an undisturbed run."""
-    (tmp_path / "exp.toml").write_text('[experiment]\nfamilies = ["gru"]\n')
+    # Hidden 16: GRU repeats train as a group on the CPU only up to hidden 32 (ensemble.group_size).
+    (tmp_path / "exp.toml").write_text(
+        '[experiment]\nfamilies = ["gru"]\n\n[search_space.hidden_size]\n'
+        'type = "categorical"\nchoices = [16]\n'
+    )
     common = ["--storage", storage_url, "--experiment", "g"]
     rnntune(
         "init",

@@ -200,7 +200,8 @@ def test_a_report_deleted_in_the_dashboard_comes_back_on_the_next_export(
     """
     study_id = finished.study("rnn")._study_id
     (meta,) = _by_name(finished.study("rnn"))["report.html"]
-    app = make_app(finished.url, str(finished.artifacts))
+    # A dashboard started with --allow-writes (the default refuses the delete button).
+    app = make_app(finished.url, str(finished.artifacts), allow_writes=True)
     status, _ = _wsgi(app, "DELETE", f"/api/artifacts/{study_id}/{meta.artifact_id}")
     assert status.startswith("204"), status
     listed = json.loads(_wsgi(app, "GET", f"/api/studies/{study_id}")[1])["artifacts"]

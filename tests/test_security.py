@@ -250,7 +250,7 @@ MOUNTINFO = """\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
 40 22 0:35 / /mnt/nfs rw,relatime shared:20 - nfs4 server:/export rw,vers=4.2
 41 40 8:2 / /mnt/nfs/local rw,relatime shared:21 - ext4 /dev/sda2 rw
-42 22 0:36 / /home/me/remote rw,nosuid - fuse.sshfs me@host:/ rw,user_id=1000
+42 22 0:36 / /srv/me/remote rw,nosuid - fuse.sshfs me@host:/ rw,user_id=1000
 43 22 0:37 / /mnt/win\\040share rw - cifs //srv/share rw
 44 22 0:38 / /tmp rw - tmpfs tmpfs rw
 """
@@ -262,7 +262,7 @@ MOUNTINFO = """\
         ("/mnt/nfs/study.db", "nfs4"),
         ("/mnt/nfs/local/study.db", "ext4"),
         ("/mnt/nfsother/study.db", "ext4"),
-        ("/home/me/remote/x/study.db", "fuse.sshfs"),
+        ("/srv/me/remote/x/study.db", "fuse.sshfs"),
         ("/mnt/win share/study.db", "cifs"),
         ("/tmp/study.db", "tmpfs"),
     ],
@@ -271,7 +271,7 @@ def test_filesystem_type_from_mountinfo(path: str, fstype: str) -> None:
     assert filesystem_type(path, MOUNTINFO) == fstype
 
 
-@pytest.mark.parametrize("path", ["/mnt/nfs/s.db", "/home/me/remote/s.db", "/mnt/win share/s.db"])
+@pytest.mark.parametrize("path", ["/mnt/nfs/s.db", "/srv/me/remote/s.db", "/mnt/win share/s.db"])
 def test_sqlite_on_a_network_filesystem_is_refused(path: str) -> None:
     with pytest.raises(StorageError, match=r"on a network filesystem .*use PostgreSQL"):
         check_local_filesystem(Path(path), MOUNTINFO)

@@ -406,3 +406,14 @@ def rnntune(
             f"--- stderr\n{proc.stderr[-4000:]}"
         )
     return proc
+
+
+@pytest.fixture(autouse=True)
+def _no_failpoints(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test inherits failpoints from the environment; in-process ones are re-read afresh."""
+    from rnntune import faults
+
+    monkeypatch.delenv(faults.ENV, raising=False)
+    faults.reset()
+    yield
+    faults.reset()

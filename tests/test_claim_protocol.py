@@ -8,7 +8,6 @@ finding it covers (reliability-9206300.md) and fails on the code before its fix.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -37,14 +36,6 @@ from rnntune.worker import Worker, boot_id, pid_namespace
 from tests.conftest import TINY_DATA, rnntune
 
 GRACE = 10
-
-
-@pytest.fixture(autouse=True)
-def _no_failpoints(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(faults.ENV, raising=False)
-    faults.reset()
-    yield
-    faults.reset()
 
 
 def arm(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:

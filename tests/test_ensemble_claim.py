@@ -5,7 +5,6 @@ killed group is reclaimed and resumed from its members' checkpoints."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +16,6 @@ from rnntune.storage import open_optuna_storage
 from tests.conftest import TINY_DATA, rnntune
 
 GRACE = 10
-
-
-@pytest.fixture(autouse=True)
-def _no_failpoints(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(faults.ENV, raising=False)
-    faults.reset()
-    yield
-    faults.reset()
 
 
 def setup(url: str, repeats: int, families: list[str]) -> tuple[Any, Experiment]:

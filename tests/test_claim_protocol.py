@@ -26,6 +26,7 @@ from rnntune.experiment import Experiment, find_or_raise_by_name, load_data, reg
 from rnntune.progress import read as read_progress
 from rnntune.storage import (
     EvaluationRunRow,
+    StorageRole,
     WorkerRow,
     exclusive,
     load_study,
@@ -44,7 +45,7 @@ def arm(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
 
 
 def setup(url: str, trials: int = 2, repeats: int = 1) -> tuple[Any, Experiment, optuna.Study]:
-    st = open_optuna_storage(url, create_tables=True)
+    st = open_optuna_storage(url, StorageRole.MIGRATE)
     exp, _ = register(
         st,
         {
@@ -249,7 +250,7 @@ def test_an_unwritable_artifact_directory_is_a_worker_fault_at_start_up(
     w = Worker(storage_url, "t", rt, install_signal_handlers=False)
     with pytest.raises(WorkerFaultError, match="cannot write to the artifact directory"):
         w.run()
-    st = open_optuna_storage(storage_url, read_only=True, reader=True)
+    st = open_optuna_storage(storage_url, StorageRole.READ)
     assert load_study(st, "t.gru").get_trials() == []
 
 

@@ -29,7 +29,13 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from rnntune import evaluation, state, tuning
 from rnntune.config import Runtime
-from rnntune.exceptions import Interrupted, StorageError, WorkerFaultError
+from rnntune.exceptions import (
+    Interrupted,
+    StorageError,
+    WorkerFaultError,
+    error_reason,
+    first_line,
+)
 from rnntune.experiment import (
     Experiment,
     find_or_raise_by_name,
@@ -40,6 +46,7 @@ from rnntune.experiment import (
 )
 from rnntune.faults import failpoint
 from rnntune.storage import (
+    StorageRole,
     WorkerRow,
     check_schema,
     db_now,
@@ -200,7 +207,7 @@ class Worker:
                 if self._stop.is_set() and waited >= 5:
                     raise Interrupted("stopping while the database is unreachable") from e
                 if waited == 0:
-                    log.warning("database unreachable (%s); retrying", str(e).splitlines()[0])
+                    log.warning("database unreachable (%s); retrying", first_line(e))
                 time.sleep(delay)
                 waited += delay
                 delay = min(delay * 2, 10.0)
@@ -218,7 +225,7 @@ class Worker:
                 failing = False
             except Exception as e:  # noqa: BLE001 - the heartbeat must outlive any DB error
                 if not failing:
-                    log.warning("heartbeat failed (%s); will retry", str(e).splitlines()[0])
+                    log.warning("heartbeat failed (%s); will retry", first_line(e))
                 failing = True
             self._hb_stop.wait(self.runtime.heartbeat_interval)
 
@@ -293,7 +300,9 @@ class Worker:
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         # No Optuna heartbeat settings: rnntune records heartbeats itself and judges staleness
         # with the experiment's grace period on the database clock (rnntune.state).
-        self.storage = self.db_retry(lambda: open_optuna_storage(self.storage_url, read_only=True))
+        self.storage = self.db_retry(
+            lambda: open_optuna_storage(self.storage_url, StorageRole.WORK)
+        )
         self.engine = self.storage.engine
         self.db_retry(lambda: check_schema(self.engine))
         self.exp: Experiment = self.db_retry(
@@ -481,7 +490,7 @@ class Worker:
                 "was handed back)"
             ) from e
         except Exception as e:  # noqa: BLE001 - a failing repeat is recorded, not fatal
-            reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            reason = error_reason(e)
             log.error("%s repeat %d failed: %s", job.family, job.repeat, reason)
             self.db_retry(lambda: evaluation.release(self.engine, job, self.worker_id, reason))
             failpoint("repeat.after_release")
@@ -537,7 +546,7 @@ class Worker:
                 "%s repeats %s: database error (%s); handing them back",
                 family,
                 names,
-                str(e).splitlines()[0],
+                first_line(e),
             )
             self.db_retry(
                 lambda: evaluation.release_group(
@@ -546,7 +555,7 @@ class Worker:
             )
             failpoint("repeat.after_release")
         except Exception as e:  # noqa: BLE001 - which member raised is not known: go solo
-            reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            reason = error_reason(e)
             log.error(
                 "%s repeats %s as one ensemble failed (%s); handing them back, this worker "
                 "trains %s repeats one at a time from now on",
@@ -601,7 +610,7 @@ class Worker:
         try:
             publish_repeat_progress(self.storage, self.exp, family)
         except Exception as e:  # noqa: BLE001 - the repeat's result is stored either way
-            log.warning("could not update %s's dashboard note: %s", family, str(e).splitlines()[0])
+            log.warning("could not update %s's dashboard note: %s", family, first_line(e))
 
     # -- registry ------------------------------------------------------------------------
     def _register(self) -> None:
@@ -648,4 +657,4 @@ class Worker:
                     )
                 )
         except Exception as e:  # noqa: BLE001 - the status row is informational
-            log.warning("could not mark worker stopped: %s", str(e).splitlines()[0])
+            log.warning("could not mark worker stopped: %s", first_line(e))

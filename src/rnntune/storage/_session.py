@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from rnntune.exceptions import StorageError
+from rnntune.exceptions import DatabaseUnavailableError, first_line
 
 from ._url import mask_url
 
@@ -23,8 +23,8 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         session.commit()
     except OperationalError as e:
         session.rollback()
-        raise StorageError(
-            f"lost the study database at {mask_url(str(engine.url))} ({_first_line(e)}): "
+        raise DatabaseUnavailableError(
+            f"lost the study database at {mask_url(str(engine.url))} ({first_line(e)}): "
             "check that it is running and reachable, then rerun"
         ) from e
     except SQLAlchemyError:
@@ -35,8 +35,3 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         raise
     finally:
         session.close()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(getattr(e, "orig", None) or e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

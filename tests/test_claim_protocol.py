@@ -33,7 +33,8 @@ from rnntune.storage import (
     open_optuna_storage,
     session_scope,
 )
-from rnntune.worker import Worker, boot_id, pid_namespace
+from rnntune.worker import Worker
+from rnntune.worker_registry import boot_id, dead_peers, pid_namespace
 from tests.conftest import TINY_DATA, rnntune
 
 GRACE = 10
@@ -399,11 +400,10 @@ def test_only_a_worker_in_this_kernel_and_pid_namespace_is_judged_by_its_pid(
                 )
             )
     w = Worker(storage_url, "t", Runtime(storage=storage_url), install_signal_handlers=False)
-    w.hostname = "same-hostname"
-    w.engine, w.exp = st.engine, exp
-    assert w.dead_workers() == {"same-ns-dead"}
-    w.boot_id = None  # this reader has no /proc: it judges nobody
-    assert w.dead_workers() == set()
+    w.identity.hostname = "same-hostname"
+    assert dead_peers(st.engine, exp.id, w.identity) == {"same-ns-dead"}
+    w.identity.boot_id = None  # this reader has no /proc: it judges nobody
+    assert dead_peers(st.engine, exp.id, w.identity) == set()
 
 
 # -- M4: one policy per experiment --------------------------------------------------------------

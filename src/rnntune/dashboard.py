@@ -98,6 +98,8 @@ def make_app(
     Raises rnntune's StorageError (with the fix in its message) when the database is unreachable
     or has no Optuna schema yet.
     """
+    # WORK, not READ: with --allow-writes the dashboard writes notes; on SQLite it then queues
+    # behind workers like any writer.
     storage = open_optuna_storage(storage_url, StorageRole.WORK)
     store = artifact_store(artifacts_dir) if artifacts_dir else None
     app: WSGIApp = optuna_dashboard.wsgi(storage, artifact_store=store)

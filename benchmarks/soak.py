@@ -241,6 +241,8 @@ def main() -> int:
     trials = args.trials or size_study(args.minutes, args.workers, DATA)
     import tempfile
 
+    # SIGTERM (or Ctrl-C) runs the `finally` below: workers reaped, the throwaway cluster stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     runs = Path(tempfile.mkdtemp(prefix="rnntune-soak-"))  # workers' logs, kept
     cluster = PgCluster().start()
     log(f"throwaway PostgreSQL on port {cluster.port} in {cluster.root}")

@@ -417,3 +417,16 @@ def _no_failpoints(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     faults.reset()
     yield
     faults.reset()
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for the test: tests share two cores with each other, and one thread
+    keeps timings and floating-point reduction order steady. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -17,13 +17,7 @@ from rnntune.stopping import EarlyStopping, describe, effective_patience
 from rnntune.train import EpochResult, TrainConfig, fit, predict_proba
 from rnntune.tuning import model_and_train_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------------------------

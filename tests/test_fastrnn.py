@@ -27,7 +27,6 @@ KINDS = {
 }
 
 
-
 def _pair(kind: str, *args: int, seed: int = 0, **kwargs: object) -> tuple[nn.RNNBase, nn.RNNBase]:
     """The fast module and torch's, each built after ``torch.manual_seed(seed)``."""
     fast_cls, torch_cls, extra = KINDS[kind]

@@ -47,7 +47,6 @@ def small() -> tuple[np.ndarray, ...]:
     return s.X_train, s.y_train, s.X_val, s.y_val
 
 
-
 MODEL = ModelConfig(cell="gru", input_size=3, hidden_size=8)
 # Two layers with dropout: resuming must also restore the global RNG that dropout draws from.
 DROPOUT_MODEL = ModelConfig(cell="lstm", input_size=3, hidden_size=8, num_layers=2, dropout=0.2)

@@ -35,7 +35,8 @@ from rnntune.storage import (
 )
 from rnntune.worker import Worker
 from rnntune.worker_registry import boot_id, dead_peers, pid_namespace
-from tests.conftest import TINY_DATA, rnntune
+from tests.conftest import TINY_DATA
+from tests.helpers import rnntune
 
 GRACE = 10
 

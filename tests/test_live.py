@@ -35,8 +35,8 @@ from rnntune.storage import (
     open_optuna_storage,
     session_scope,
 )
-from tests.conftest import TINY_DATA, rnntune
-from tests.helpers import FAST
+from tests.conftest import TINY_DATA
+from tests.helpers import FAST, rnntune
 
 
 def _register(url: str, **explicit: Any) -> tuple[Any, Experiment]:

@@ -1,4 +1,8 @@
-"""The study database: URLs, engine, Optuna storage, rnntune's tables, locks and migrations."""
+"""The study database: URLs, engine, Optuna storage, rnntune's tables, locks and migrations.
+
+Also the two boundaries every other module goes through: :mod:`._optuna` (the only use of
+Optuna's private API) and :mod:`._errors` (which database errors are an outage, by type).
+"""
 
 from ._engine import (
     MAX_OVERFLOW,

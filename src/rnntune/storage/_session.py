@@ -16,7 +16,8 @@ from ._url import mask_url
 
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
-    """Commit on success, roll back on error, always close; database errors become StorageError."""
+    """Commit on success, roll back on error, always close; a lost connection (OperationalError)
+    becomes DatabaseUnavailableError, which a worker waits out."""
     session = Session(bind=engine, expire_on_commit=False)
     try:
         yield session

@@ -201,7 +201,7 @@ def test_a_killed_group_is_reclaimed_and_resumed_each_repeat_once(
     # Each result is its repeat's trained alone, undisturbed (same params and seed).
     from rnntune.experiment import load_data
     from rnntune.train import classification_metrics, fit, predict_proba
-    from rnntune.tuning import model_and_train_config
+    from rnntune.train import model_and_train_config
 
     splits = load_data(exp.config, None).splits
     for r in rows:

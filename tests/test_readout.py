@@ -17,7 +17,7 @@ from rnntune.experiment import load_data
 from rnntune.models import ModelConfig, RecurrentClassifier
 from rnntune.storage import EvaluationRunRow, open_optuna_storage, session_scope
 from rnntune.train import classification_metrics, fit, predict_proba
-from rnntune.tuning import model_and_train_config
+from rnntune.train import model_and_train_config
 from tests.conftest import TINY_DATA, rnntune
 
 

@@ -15,7 +15,7 @@ from rnntune.exceptions import Interrupted
 from rnntune.models import FAMILIES, ModelConfig
 from rnntune.stopping import EarlyStopping, describe, effective_patience
 from rnntune.train import EpochResult, TrainConfig, fit, predict_proba
-from rnntune.tuning import model_and_train_config
+from rnntune.train import model_and_train_config
 
 
 @pytest.fixture(autouse=True)

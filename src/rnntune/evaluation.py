@@ -30,8 +30,14 @@ from rnntune.config import ExperimentConfig, Runtime
 from rnntune.experiment import Experiment
 from rnntune.faults import failpoint
 from rnntune.storage import EvaluationRunRow, db_now, exclusive, is_sqlite, session_scope
-from rnntune.train import FitResult, classification_metrics, fit, fit_ensemble, predict_proba
-from rnntune.tuning import model_and_train_config
+from rnntune.train import (
+    FitResult,
+    classification_metrics,
+    fit,
+    fit_ensemble,
+    model_and_train_config,
+    predict_proba,
+)
 
 log = logging.getLogger(__name__)
 

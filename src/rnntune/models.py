@@ -5,8 +5,9 @@ Pure torch: no I/O, no Optuna, no database.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,6 +50,18 @@ class ModelConfig:
                 raise ConfigError(f"model {name} must be a positive integer, got {value!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model dropout must be in [0, 1), got {self.dropout!r}")
+
+    @classmethod
+    def from_params(cls, cell: str, params: Mapping[str, Any], input_size: int) -> ModelConfig:
+        """The architecture a trial's (or a best trial's) Optuna ``params`` describe."""
+        return cls(
+            cell=cell,
+            input_size=input_size,
+            hidden_size=int(params["hidden_size"]),
+            num_layers=int(params.get("num_layers", 1)),
+            dropout=float(params.get("dropout", 0.0)),
+            readout=str(params.get("readout", "last")),
+        )
 
 
 class RecurrentClassifier(nn.Module):

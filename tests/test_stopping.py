@@ -14,8 +14,7 @@ from rnntune.config import build
 from rnntune.exceptions import Interrupted
 from rnntune.models import FAMILIES, ModelConfig
 from rnntune.stopping import EarlyStopping, describe, effective_patience
-from rnntune.train import EpochResult, TrainConfig, fit, predict_proba
-from rnntune.train import model_and_train_config
+from rnntune.train import EpochResult, TrainConfig, fit, model_and_train_config, predict_proba
 
 
 @pytest.fixture(autouse=True)

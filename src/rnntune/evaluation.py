@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.exc import IntegrityError
 
 from rnntune import state
@@ -289,6 +289,7 @@ def heartbeat(engine: Engine, job_id: int | Sequence[int], worker_id: str) -> bo
             )
             .values(heartbeat_at=db_now())
         )
+        assert isinstance(res, CursorResult)  # an UPDATE's result: it has a rowcount
         return res.rowcount == len(ids)
 
 
@@ -346,6 +347,7 @@ def complete(engine: Engine, job: Job, worker_id: str, result: dict[str, Any]) -
                 status="done", finished_at=db_now(), heartbeat_at=db_now(), error=None, **result
             )
         )
+        assert isinstance(res, CursorResult)  # an UPDATE's result: it has a rowcount
         return res.rowcount == 1
 
 

@@ -89,4 +89,5 @@ class RecurrentClassifier(nn.Module):
         """Logits ``(B, num_classes)`` for sequences ``x`` of shape ``(B, T, F)``."""
         out = self.rnn(x)[0]  # (B, T, H): the top layer at every step
         h = out[:, -1] if self.config.readout == "last" else out.mean(dim=1)  # (B, H)
-        return self.head(h)  # (B, C)
+        logits: torch.Tensor = self.head(h)  # (B, C)
+        return logits

@@ -24,6 +24,7 @@ import pathlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -658,7 +659,7 @@ def fit_ensemble(
                     val_losses[j],
                     val_metric,
                     proba[j],
-                    lambda m=m: dict(m.state),
+                    partial(dict, m.state),  # the state just set, copied if best
                 )
                 result = EpochResult(epoch, train_losses[j], val_metric, seconds, val_losses[j])
                 m.progress.history.append(result)

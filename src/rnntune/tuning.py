@@ -24,6 +24,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -358,7 +359,7 @@ def run_trial(
         raise
     except UpdateFinishedTrialError:
         raise  # taken over by a retry: see the docstring
-    except (OSError, *DATABASE_ERRORS) as e:
+    except DATABASE_ERRORS + (OSError,) as e:
         if is_transient(e):
             # The database restarted under the training loop: not the trial's fault. Hand it
             # back once the database is back (its retry resumes from the checkpoint); go on.
@@ -462,9 +463,11 @@ def _annotate_error(study: optuna.Study, trial: Trial, reason: str) -> None:
     storage.set_trial_system_attr(trial._trial_id, state.KIND_ATTR, state.ERROR)
 
 
-def _record(trial: Trial, db_retry: Callable[[Callable[[], Any]], Any], attrs: dict) -> None:
+def _record(
+    trial: Trial, db_retry: Callable[[Callable[[], Any]], Any], attrs: dict[str, Any]
+) -> None:
     for k, v in attrs.items():
-        db_retry(lambda k=k, v=v: trial.set_user_attr(k, v))
+        db_retry(partial(trial.set_user_attr, k, v))
 
 
 def _tell(study: optuna.Study, trial: Trial, to: TrialState, value: float | None = None) -> None:

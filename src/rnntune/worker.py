@@ -294,17 +294,18 @@ class Worker:
         self.splits = loaded.splits
         warm_up(device)
         seed = random.SystemRandom().randrange(2**31)
-        studies = {
-            f: self.db_retry(
-                lambda f=f, i=i: load_study(
+
+        def load(f: str, i: int) -> optuna.Study:
+            return self.db_retry(
+                lambda: load_study(
                     storage,
                     cfg.study_name(f),
                     sampler=tuning.make_sampler(cfg, seed + i),
                     pruner=tuning.make_pruner(cfg),
                 )
             )
-            for i, f in enumerate(cfg.families)
-        }
+
+        studies = {f: load(f, i) for i, f in enumerate(cfg.families)}
         return PullLoop(
             storage=storage,
             exp=exp,

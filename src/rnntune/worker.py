@@ -189,12 +189,26 @@ class Worker:
         self._stop = threading.Event()
         self._summary = WorkerSummary(self.worker_id)
         # What run() attached to, kept for its caller (`rnntune evaluate` exports from it).
-        self.storage: RDBStorage | None = None
-        self.exp: Experiment | None = None
+        self._storage: RDBStorage | None = None
+        self._exp: Experiment | None = None
         self.splits: Any = None
         if install_signal_handlers:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+
+    @property
+    def storage(self) -> RDBStorage:
+        """The study database run() opened (for its caller, once run() attached)."""
+        if self._storage is None:
+            raise RuntimeError("Worker.storage is set by run()")
+        return self._storage
+
+    @property
+    def exp(self) -> Experiment:
+        """The experiment run() loaded (for its caller, once run() attached)."""
+        if self._exp is None:
+            raise RuntimeError("Worker.exp is set by run()")
+        return self._exp
 
     # -- signals and stop ----------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -274,12 +288,12 @@ class Worker:
         # No Optuna heartbeat settings: rnntune records heartbeats itself and judges staleness
         # with the experiment's grace period on the database clock (rnntune.state).
         storage = self.db_retry(lambda: open_optuna_storage(self.storage_url, StorageRole.WORK))
-        self.storage = storage
+        self._storage = storage
         self.db_retry(lambda: check_schema(storage.engine))
         exp: Experiment = self.db_retry(
             lambda: find_or_raise_by_name(storage.engine, self.experiment_name)
         )
-        self.exp = exp
+        self._exp = exp
         cfg = exp.config
         hb, grace = resolve_policy(exp, rt.heartbeat_interval, rt.grace_period)
         check_artifacts_writable(rt.artifacts)
@@ -364,6 +378,7 @@ class PullLoop:
         self._task = "starting"
         self._current_trial: int | None = None
         self._current_jobs: list[int] = []
+        assert runtime.heartbeat_interval is not None, "resolved by Worker._attach"
         self.heartbeat = Heartbeat(self._beat, runtime.heartbeat_interval)
 
     def should_stop(self) -> bool:

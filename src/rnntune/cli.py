@@ -137,7 +137,9 @@ def experiment_config_options(f: Callable) -> Callable:
 def _runtime_option(name: str, **kwargs: Any) -> Callable:
     """The option of Runtime field ``name``, spelled as config.RUNTIME_OPTIONS spells it (the
     table `rnntune run` hands its settings to its workers by), read from RNNTUNE_<NAME> too."""
-    return click.option(config_mod.RUNTIME_OPTIONS[name], envvar=f"RNNTUNE_{name.upper()}", **kwargs)
+    return click.option(
+        config_mod.RUNTIME_OPTIONS[name], envvar=f"RNNTUNE_{name.upper()}", **kwargs
+    )
 
 
 def runtime_options(f: Callable) -> Callable:

@@ -91,7 +91,9 @@ def init(
     exp, created = register(st, explicit, None, heartbeat_interval, grace_period)
     if roles:
         ensure_roles(st.engine, worker=roles.get("worker"), dashboard=roles.get("dashboard"))
-        echo("database roles ready: " + ", ".join(f"{r[0]} ({k})" for k, r in sorted(roles.items())))
+        echo(
+            "database roles ready: " + ", ".join(f"{r[0]} ({k})" for k, r in sorted(roles.items()))
+        )
     cfg = exp.config
     verb = "registered" if created else "already registered (unchanged)"
     echo(
@@ -135,7 +137,9 @@ def run(
     start = time.monotonic()
     prog = progress_mod.read(st, exp)
     if prog.done and exp.report_path and Path(exp.report_path).exists():
-        echo(f"experiment {cfg.name!r} is already finished; nothing to do. Report: {exp.report_path}")
+        echo(
+            f"experiment {cfg.name!r} is already finished; nothing to do. Report: {exp.report_path}"
+        )
         return None
     from rnntune.train import resolve_device
 
@@ -170,10 +174,14 @@ def evaluate(
 
     config_mod.check_writable_dir(out, "--out")
     config_mod.check_writable_dir(rt.artifacts, "--artifacts")
-    w = Worker(storage_url, experiment, rt, data_override=data, evaluate_only=True, on_event=on_event)
+    w = Worker(
+        storage_url, experiment, rt, data_override=data, evaluate_only=True, on_event=on_event
+    )
     summary = w.run()
     if not summary.finished:
-        raise RnntuneError("evaluation stopped before the end: rerun `rnntune evaluate` to continue")
+        raise RnntuneError(
+            "evaluation stopped before the end: rerun `rnntune evaluate` to continue"
+        )
     st = open_optuna_storage(storage_url, read_only=True)
     exp = find_or_raise_by_name(st.engine, experiment)
     # The worker's resolved device and the split it verified: nothing is resolved or loaded twice.

@@ -466,7 +466,7 @@ def report(storage: str, experiment: str, fmt: str, out: str | None, open_browse
     exp = find_or_raise_by_name(st.engine, experiment)
     rep = build_report(st, exp)
     if open_browser:
-        path = write(rep, "html", out or os.path.join("reports", "report.html"))
+        path = write(rep, "html", out or os.path.join(config_mod.DEFAULT_OUT, "report.html"))
         click.echo(f"wrote {path}", err=True)
         _open_in_browser(Path(path))
     elif out:
@@ -547,7 +547,7 @@ def status(storage: str, experiment: str, watch: bool, interval: float) -> None:
 @click.option(
     "--host",
     envvar="RNNTUNE_DASHBOARD_HOST",
-    default="127.0.0.1",
+    default=config_mod.DEFAULT_DASHBOARD_HOST,
     show_default=True,
     help="Interface to bind. optuna-dashboard has no authentication: keep it local.",
 )
@@ -555,7 +555,7 @@ def status(storage: str, experiment: str, watch: bool, interval: float) -> None:
     "--port",
     type=click.IntRange(1, 65535),
     envvar="RNNTUNE_DASHBOARD_PORT",
-    default=8080,
+    default=config_mod.DEFAULT_DASHBOARD_PORT,
     show_default=True,
 )
 @click.option(

@@ -58,6 +58,8 @@ DEFAULT_DEVICE = "auto"
 DEFAULT_OUT = "reports"  # report directory of `run` and `evaluate`
 DEFAULT_WORKERS = 2  # local worker processes of `rnntune run`
 DEFAULT_WORKER_THREADS = 1  # torch threads of a `rnntune worker` (it cannot know its neighbours)
+DEFAULT_DASHBOARD_HOST = "127.0.0.1"  # optuna-dashboard has no login: local by default
+DEFAULT_DASHBOARD_PORT = 8080
 # The liveness policy, stored with an experiment when it is registered (rnntune.experiment).
 DEFAULT_HEARTBEAT_INTERVAL = 5
 DEFAULT_GRACE_PERIOD = 30

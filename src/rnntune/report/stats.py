@@ -451,7 +451,7 @@ def reference_verdict(
         return ""
     label = display_metric(metric)
     single = len(ranked) == 1
-    clauses = []
+    clauses: list[str] = []
     # The classical baseline first: it is the bar that says whether the models earn their cost.
     for point, value in sorted(points, key=lambda pv: pv[0].get("name") == "majority"):
         beat = [display_family(f) for f, s in ranked if s["mean"] > value]

@@ -6,8 +6,9 @@ signed-rank test per pair, Holm-adjusted across the pairs, plus a Friedman test 
 families. The tests come from scipy; only the Holm step-down (not in scipy, whose
 ``false_discovery_control`` is Benjamini-Hochberg) and the effect sizes are written out here.
 
-All inputs are the plain dicts of the report (see ``collect.py``); outputs are plain dicts of
-floats, ints, strings and lists, ready for ``json.dumps``. An undefined number is ``math.nan``.
+All inputs are the plain dicts of the report's serialised form (see ``model.py``); outputs are
+plain dicts of floats, ints, strings and lists, ready for ``json.dumps``. An undefined number is
+``math.nan``. The family and metric names come from :mod:`rnntune.names`.
 """
 
 from __future__ import annotations
@@ -20,47 +21,22 @@ from typing import Any, TypeGuard
 import numpy as np
 from scipy import stats as _st
 
+from rnntune.names import display_family, display_metric
+from rnntune.names import family_sort_key as _family_sort_key
+
 __all__ = [
-    "FAMILY_ORDER",
+    "CHANCE_ALPHA",
     "compare_families",
-    "display_family",
-    "display_metric",
     "family_values",
     "family_verdict",
     "holm",
     "ranked_families",
-    "CHANCE_ALPHA",
     "reference_points",
     "reference_verdict",
     "summarize",
     "summarize_repeats",
     "verdict",
 ]
-
-# The canonical family order (models.FAMILIES); repeated here so that reporting never imports torch.
-FAMILY_ORDER = ("rnn", "gru", "lstm")
-
-_METRIC_NAMES = {
-    "macro_f1": "macro F1",
-    "weighted_f1": "weighted F1",
-    "accuracy": "accuracy",
-    "roc_auc": "ROC AUC",
-}
-
-
-def display_family(family: str) -> str:
-    """``"gru"`` -> ``"GRU"``: how a family is named in prose and tables."""
-    return family.upper()
-
-
-def display_metric(metric: str) -> str:
-    """``"macro_f1"`` -> ``"macro F1"``: how a metric is named in prose."""
-    return _METRIC_NAMES.get(metric, metric.replace("_", " "))
-
-
-def _family_sort_key(family: str) -> tuple[int, str]:
-    return (FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER), family)
-
 
 # --------------------------------------------------------------------------- summaries
 

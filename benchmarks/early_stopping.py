@@ -12,30 +12,22 @@ come from one run. Example:
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from rnntune.data import load_dataset, split_dataset
 from rnntune.models import FAMILIES, ModelConfig
-from rnntune.train import EpochResult, TrainConfig, fit
+from rnntune.train import TrainConfig, fit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.helpers import previous_stopping_rule  # noqa: E402
 
 # (learning rate, batch size, hidden size): a fast learner and a slow starter from the
 # default search space.
 CONFIGS = ((3e-3, 32, 32), (1e-3, 64, 16))
-
-
-def previous_rule(history: list[EpochResult], patience: int = 3) -> tuple[int, float]:
-    """(epochs trained, best validation metric) under patience on the objective alone."""
-    best, bad = float("-inf"), 0
-    for h in history:
-        if h.val_metric > best:
-            best, bad = h.val_metric, 0
-        else:
-            bad += 1
-        if bad >= patience:
-            return h.epoch, best
-    return history[-1].epoch, best
 
 
 def main() -> None:
@@ -55,7 +47,7 @@ def main() -> None:
             model = ModelConfig(family, s.X_train.shape[2], hidden)
             config = TrainConfig(lr, batch, args.max_epochs, patience=3, seed=seed)
             result = fit(model, config, *s.fit_parts())
-            before, best_before = previous_rule(result.history)
+            before, best_before = previous_stopping_rule(result.history)
             totals[0] += result.epochs_trained
             totals[1] += before
             print(

@@ -46,6 +46,9 @@ from tests.helpers import (  # noqa: E402
     spawn,
     trials,
 )
+from tests.helpers import (  # noqa: E402
+    rnntune as cli,
+)
 
 DATA = "synthetic:n=1200,length=40,features=2,seed=11"
 EPOCHS, REPEATS = 4, 3
@@ -56,19 +59,10 @@ def log(msg: str) -> None:
 
 
 def rnntune(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RNNTUNE_LOG_LEVEL": "WARNING"}
-    done = subprocess.run(
-        [sys.executable, "-m", "rnntune", *args],
-        cwd=cwd,
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=600,
-        check=False,
-    )
-    if check and done.returncode != 0:
-        raise SystemExit(f"rnntune {args[0]} exited {done.returncode}:\n{done.stderr[-3000:]}")
-    return done
+    try:
+        return cli(*args, cwd=cwd, timeout=600, check=check)
+    except AssertionError as e:  # the CLI failed: its output, without a traceback
+        raise SystemExit(str(e)) from None
 
 
 def _last_line(p: Any) -> str:
@@ -241,6 +235,8 @@ def main() -> int:
     trials = args.trials or size_study(args.minutes, args.workers, DATA)
     import tempfile
 
+    # SIGTERM (or Ctrl-C) runs the `finally` below: workers reaped, the throwaway cluster stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     runs = Path(tempfile.mkdtemp(prefix="rnntune-soak-"))  # workers' logs, kept
     cluster = PgCluster().start()
     log(f"throwaway PostgreSQL on port {cluster.port} in {cluster.root}")

@@ -383,31 +383,6 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("pg_url")
 
 
-def rnntune(
-    *args: str,
-    cwd: Path,
-    env: dict[str, str] | None = None,
-    timeout: float = 300,
-    check: bool = True,
-) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in a subprocess."""
-    full_env = {**os.environ, "RNNTUNE_LOG_LEVEL": "WARNING", **(env or {})}
-    proc = subprocess.run(
-        [sys.executable, "-m", "rnntune", *args],
-        cwd=cwd,
-        env=full_env,
-        text=True,
-        capture_output=True,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"rnntune {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n"
-            f"--- stderr\n{proc.stderr[-4000:]}"
-        )
-    return proc
-
-
 @pytest.fixture(autouse=True)
 def _no_failpoints(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No test inherits failpoints from the environment; in-process ones are re-read afresh."""
@@ -417,3 +392,16 @@ def _no_failpoints(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     faults.reset()
     yield
     faults.reset()
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for the test: tests share two cores with each other, and one thread
+    keeps timings and floating-point reduction order steady. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

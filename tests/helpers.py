@@ -482,3 +482,43 @@ def check_retries(
                 assert retry.user_attrs["epochs_this_run"][0] == start + 1, retry.user_attrs
             resumed.append((done_before, start))
     return resumed
+
+
+def rnntune(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess; ``check``: raise AssertionError, with its output, when
+    it exits non-zero."""
+    full_env = {**os.environ, "RNNTUNE_LOG_LEVEL": "WARNING", **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "rnntune", *args],
+        cwd=cwd,
+        env=full_env,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"rnntune {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n"
+            f"--- stderr\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def previous_stopping_rule(history: list[Any], patience: int = 3) -> tuple[int, float]:
+    """The early-stopping rule before issue 10 (patience on the validation metric alone), replayed
+    on a full ``history`` of EpochResults: (epochs it would have trained, best metric it saw)."""
+    best, bad = float("-inf"), 0
+    for h in history:
+        if h.val_metric > best:
+            best, bad = h.val_metric, 0
+        else:
+            bad += 1
+        if bad >= patience:
+            return h.epoch, best
+    return history[-1].epoch, best

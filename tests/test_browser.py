@@ -27,8 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import rnntune
-from tests.helpers import FAST
+from tests.helpers import FAST, rnntune
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

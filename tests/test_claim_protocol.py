@@ -33,7 +33,8 @@ from rnntune.storage import (
     session_scope,
 )
 from rnntune.worker import Worker, boot_id, pid_namespace
-from tests.conftest import TINY_DATA, rnntune
+from tests.conftest import TINY_DATA
+from tests.helpers import rnntune
 
 GRACE = 10
 

@@ -158,7 +158,7 @@ def test_synthetic_shape_dtype_rate_and_determinism() -> None:
 
 def test_synthetic_does_not_depend_on_chunking(monkeypatch: pytest.MonkeyPatch) -> None:
     X, y = make_synthetic(n=300, length=30, features=3, seed=1)
-    monkeypatch.setattr(data, "_CHUNK", 7)
+    monkeypatch.setattr(data.synthetic, "_CHUNK", 7)
     X2, y2 = make_synthetic(n=300, length=30, features=3, seed=1)
     np.testing.assert_allclose(X, X2, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(y, y2)
@@ -167,7 +167,7 @@ def test_synthetic_does_not_depend_on_chunking(monkeypatch: pytest.MonkeyPatch) 
 def test_synthetic_patterns_need_memory() -> None:
     """Each abnormal pattern is present, and none is a single late spike: the strongest
     transients of event windows come early; benign late spikes occur in both classes."""
-    X, y, pattern = data._synthetic(3000, 50, 4, 0, 0.29)
+    X, y, pattern = data.synthetic._synthetic(3000, 50, 4, 0, 0.29)
     assert set(np.unique(pattern[y == 1])) == {0, 1, 2}
     assert (pattern[y == 0] == -1).all()
     # Where along the window is each window's largest step-to-step jump?

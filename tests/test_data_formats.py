@@ -416,7 +416,7 @@ def test_resplit_seed_differs_from_the_fixed_split_and_keeps_digest() -> None:
 
 
 def test_cli_ucr_data_with_resplit_from_the_environment(tmp_path: pathlib.Path) -> None:
-    from tests.conftest import rnntune
+    from tests.helpers import rnntune
 
     write_ucr_tsv(tmp_path, "Toy", 60, 40, 10, ["1", "2", "3"])
     url = f"sqlite:///{tmp_path / 'study.db'}"

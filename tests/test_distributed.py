@@ -19,7 +19,6 @@ import pytest
 from optuna.trial import TrialState
 
 from rnntune import faults
-from tests.conftest import rnntune
 from tests.helpers import (
     FAMILIES,
     FAST,
@@ -28,6 +27,7 @@ from tests.helpers import (
     check_retries,
     finished,
     output,
+    rnntune,
     start_worker,
     trials,
     wait_all,

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_DATA, rnntune
-from tests.helpers import FAST, assert_exact
+from tests.conftest import TINY_DATA
+from tests.helpers import FAST, assert_exact, rnntune
 
 pytestmark = pytest.mark.slow
 

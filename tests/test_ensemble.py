@@ -14,20 +14,14 @@ from rnntune.exceptions import ConfigError, Interrupted
 from rnntune.models import ModelConfig, RecurrentClassifier
 from rnntune.train import TrainConfig, fit, fit_ensemble, predict_proba
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def small() -> tuple[np.ndarray, ...]:
     """350 / 75 / 75 sequences of 16 steps, 3 channels; the test part to compare predictions."""
     s = split_dataset(load_dataset("synthetic:n=500,length=16,features=3,seed=1"), seed=0)
     return s.X_train, s.y_train, s.X_val, s.y_val, s.X_test
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _configs(seeds: list[int], **kw: object) -> list[TrainConfig]:

@@ -13,7 +13,8 @@ import pytest
 from rnntune import ensemble, evaluation, faults, state
 from rnntune.experiment import Experiment, register
 from rnntune.storage import open_optuna_storage
-from tests.conftest import TINY_DATA, rnntune
+from tests.conftest import TINY_DATA
+from tests.helpers import rnntune
 
 GRACE = 10
 

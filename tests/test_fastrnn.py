@@ -17,20 +17,14 @@ from rnntune.fastrnn import FastGRU, FastRNN, gru_layer, rnn_layer
 from rnntune.models import ModelConfig, RecurrentClassifier
 from rnntune.train import EpochResult, TrainConfig, fit
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # (fast class, torch class, extra constructor arguments)
 KINDS = {
     "gru": (FastGRU, nn.GRU, {}),
     "rnn": (FastRNN, nn.RNN, {}),
     "rnn-relu": (FastRNN, nn.RNN, {"nonlinearity": "relu"}),
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _pair(kind: str, *args: int, seed: int = 0, **kwargs: object) -> tuple[nn.RNNBase, nn.RNNBase]:

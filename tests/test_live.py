@@ -29,8 +29,8 @@ from rnntune.publish import FINAL_ATTR, publish_repeat_progress
 from rnntune.report import stats
 from rnntune.report.plots import running_best
 from rnntune.storage import EvaluationRunRow, load_study, open_optuna_storage, session_scope
-from tests.conftest import TINY_DATA, rnntune
-from tests.helpers import FAST
+from tests.conftest import TINY_DATA
+from tests.helpers import FAST, rnntune
 
 
 def _register(url: str, **explicit: Any) -> tuple[Any, Experiment]:

@@ -27,8 +27,8 @@ from rnntune.experiment import find_or_raise_by_name
 from rnntune.report import stats
 from rnntune.runner import finalize
 from rnntune.storage import open_optuna_storage
-from tests.conftest import TINY_DATA, fresh_pg_database, rnntune
-from tests.helpers import FAST
+from tests.conftest import TINY_DATA, fresh_pg_database
+from tests.helpers import FAST, rnntune
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,8 @@ from rnntune.models import ModelConfig, RecurrentClassifier
 from rnntune.storage import EvaluationRunRow, open_optuna_storage, session_scope
 from rnntune.train import classification_metrics, fit, predict_proba
 from rnntune.tuning import model_and_train_config
-from tests.conftest import TINY_DATA, rnntune
+from tests.conftest import TINY_DATA
+from tests.helpers import rnntune
 
 
 def test_mean_readout_reads_the_mean_over_time() -> None:

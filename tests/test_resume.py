@@ -14,8 +14,7 @@ import pytest
 from rnntune import evaluation
 from rnntune.experiment import find_or_raise_by_name
 from rnntune.storage import open_optuna_storage
-from tests.conftest import rnntune
-from tests.helpers import FAST, assert_exact, finished, kill, output, spawn, wait_for
+from tests.helpers import FAST, assert_exact, finished, kill, output, rnntune, spawn, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -16,14 +16,9 @@ from rnntune.models import FAMILIES, ModelConfig
 from rnntune.stopping import EarlyStopping, describe, effective_patience
 from rnntune.train import EpochResult, TrainConfig, fit, predict_proba
 from rnntune.tuning import model_and_train_config
+from tests.helpers import previous_stopping_rule
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,19 +163,6 @@ def hard_to_start(n: int = 240, length: int = 40, seed: int = 0) -> tuple[np.nda
     return X, y
 
 
-def _legacy_best(history: list[EpochResult], patience: int = 3) -> float:
-    """The best validation metric under the old rule: patience 3 on the metric alone."""
-    best, bad = -math.inf, 0
-    for h in history:
-        if h.val_metric > best:
-            best, bad = h.val_metric, 0
-        else:
-            bad += 1
-        if bad >= patience:
-            break
-    return best
-
-
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_no_repeat_ends_on_the_majority_class_plateau(family: str) -> None:
@@ -198,7 +180,7 @@ def test_no_repeat_ends_on_the_majority_class_plateau(family: str) -> None:
         result = fit(model, config, X_train, y_train, X_val, y_val)
         # The data is hard to start on: the old rule would have stopped this repeat on the
         # plateau (its best no better than predicting the majority class) ...
-        legacy_at_baseline += _legacy_best(result.history) <= majority_f1 + 1e-12
+        legacy_at_baseline += previous_stopping_rule(result.history)[1] <= majority_f1 + 1e-12
         # ... while the new rule trains on until the model has left it.
         pred = predict_proba(result.model, X_test) >= 0.5
         assert len(np.unique(pred)) == 2, (family, seed, result.epochs_trained)

@@ -33,6 +33,8 @@ from rnntune.train import (
     score,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # --------------------------------------------------------------------------------------------
 # Fixtures
 # --------------------------------------------------------------------------------------------
@@ -43,15 +45,6 @@ def small() -> tuple[np.ndarray, ...]:
     """A small, quick split of the synthetic task: 350 / 75 / 75 sequences of 16 steps."""
     s = split_dataset(load_dataset("synthetic:n=500,length=16,features=3,seed=1"), seed=0)
     return s.X_train, s.y_train, s.X_val, s.y_val
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> object:
-    # Tests share two cores with each other; one thread also keeps timings steady.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 MODEL = ModelConfig(cell="gru", input_size=3, hidden_size=8)

@@ -59,20 +59,40 @@ def _flat(X: np.ndarray) -> np.ndarray:
     return X.reshape(len(X), -1)
 
 
+def _point(
+    name: str,
+    label: str,
+    rule: str,
+    y_test: np.ndarray,
+    pred: np.ndarray,
+    score: np.ndarray,
+    t0: float,
+) -> dict[str, Any]:
+    """One reference point as stored: what it is, how it decides, its metrics and its cost."""
+    return {
+        "name": name,
+        "label": label,
+        "rule": rule,
+        "metrics": _metrics(np.asarray(y_test, dtype=np.int64), pred, score),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
 def majority_class(y_train: np.ndarray, y_test: np.ndarray) -> dict[str, Any]:
     """Predict the training part's most frequent class (ties: class 0, Normal) everywhere."""
     t0 = time.perf_counter()
     cls = int(np.argmax(np.bincount(np.asarray(y_train, dtype=np.int64), minlength=2)))
-    y = np.asarray(y_test, dtype=np.int64)
-    pred = np.full(len(y), cls, dtype=np.int64)
-    return {
-        "name": "majority",
-        "label": f"Majority class ({'Abnormal' if cls else 'Normal'})",
-        "rule": f"predicts {'Abnormal' if cls else 'Normal'}, the training part's most "
-        "frequent class, for every test sequence",
-        "metrics": _metrics(y, pred, pred.astype(float)),
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
+    pred = np.full(len(y_test), cls, dtype=np.int64)
+    word = "Abnormal" if cls else "Normal"
+    return _point(
+        "majority",
+        f"Majority class ({word})",
+        f"predicts {word}, the training part's most frequent class, for every test sequence",
+        y_test,
+        pred,
+        pred.astype(float),
+        t0,
+    )
 
 
 def one_nn(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray):
@@ -81,15 +101,16 @@ def one_nn(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test:
     clf = KNeighborsClassifier(n_neighbors=1, metric="euclidean", algorithm="brute")
     clf.fit(_flat(X_train), np.asarray(y_train, dtype=np.int64))
     pred = clf.predict(_flat(X_test)).astype(np.int64)
-    y = np.asarray(y_test, dtype=np.int64)
-    return {
-        "name": "1nn",
-        "label": "1-NN (Euclidean)",
-        "rule": "1-nearest neighbour, Euclidean distance on the whole sequences (scikit-learn "
+    return _point(
+        "1nn",
+        "1-NN (Euclidean)",
+        "1-nearest neighbour, Euclidean distance on the whole sequences (scikit-learn "
         "KNeighborsClassifier, n_neighbors=1, brute force), fit on the training part",
-        "metrics": _metrics(y, pred, pred.astype(float)),
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
+        y_test,
+        pred,
+        pred.astype(float),
+        t0,
+    )
 
 
 def logistic_regression(
@@ -102,15 +123,16 @@ def logistic_regression(
     Xt = _flat(X_test)
     proba = clf.predict_proba(Xt)[:, 1]
     pred = (proba >= 0.5).astype(np.int64)
-    y = np.asarray(y_test, dtype=np.int64)
-    return {
-        "name": "logreg",
-        "label": "Logistic regression",
-        "rule": "L2 logistic regression (scikit-learn, C=1, lbfgs, max_iter=1000) on the "
-        "flattened sequences, fit on the training part",
-        "metrics": _metrics(y, pred, proba),
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
+    return _point(
+        "logreg",
+        "Logistic regression",
+        "L2 logistic regression (scikit-learn, C=1, lbfgs, max_iter=1000) on the flattened "
+        "sequences, fit on the training part",
+        y_test,
+        pred,
+        proba,
+        t0,
+    )
 
 
 def reference_points(

@@ -22,7 +22,8 @@ from rnntune.data import load_dataset, split_dataset
 from rnntune.report.html import to_html
 from rnntune.report.markdown import to_markdown
 from rnntune.report.plots import plot_pngs
-from rnntune.report.stats import compare_families, reference_verdict, verdict
+from rnntune.report.stats import compare_families
+from rnntune.report.verdict import reference_verdict, verdict
 from tests.test_report_render import FAMILIES, _assemble, _metrics, make_report
 
 

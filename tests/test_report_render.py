@@ -26,13 +26,13 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from rnntune.names import KNOWN_METRICS
+from rnntune.names import FAMILIES, KNOWN_METRICS
 from rnntune.report import as_report, to_csv, to_json, to_markdown
 from rnntune.report.html import to_html
 from rnntune.report.plots import make_plots
-from rnntune.report.stats import compare_families, ranked_families, summarize_repeats, verdict
+from rnntune.report.stats import compare_families, ranked_families, summarize_repeats
+from rnntune.report.verdict import verdict
 
-FAMILIES = ("rnn", "gru", "lstm")
 SKILL = {"rnn": 1.1, "gru": 1.9, "lstm": 1.6}  # separation of the class scores
 BEST_PARAMS = {
     "rnn": {"hidden_size": 32, "learning_rate": 0.0087, "batch_size": 64},

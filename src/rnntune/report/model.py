@@ -23,6 +23,7 @@ from typing import Any
 
 from rnntune.names import ordered_families
 from rnntune.report import stats
+from rnntune.report import verdict as prose
 
 __all__ = ["FamilyResult", "Repeat", "Report", "as_report"]
 
@@ -98,7 +99,7 @@ class FamilyResult:
     evaluation_seconds: dict[str, float]
     repeats: tuple[Repeat, ...]
     summary: dict[str, dict[str, Any]]
-    verdict: str = ""  # one sentence about this family alone (stats.family_verdict)
+    verdict: str = ""  # one sentence about this family alone (verdict.py: family_verdict)
     # Mean ± std of the total test support (normal + abnormal) over the finished repeats.
     support_total: Mapping[str, Any] = field(default_factory=lambda: dict(EMPTY_SUMMARY))
 
@@ -192,7 +193,7 @@ class Report(Mapping[str, Any]):
                 for i, (f, s) in enumerate(stats.ranked_families(fams, metric))
             ]
         if not verdict:
-            verdict = stats.verdict(fams, comparison, metric, alpha, references=baselines)
+            verdict = prose.verdict(fams, comparison, metric, alpha, references=baselines)
         results = {
             name: _family(name, fam, fams, comparison, metric, alpha) for name, fam in fams.items()
         }
@@ -280,7 +281,7 @@ def _family(
         evaluation_seconds=dict(fam.get("evaluation_seconds") or {}),
         repeats=tuple(Repeat.from_dict(r) for r in fam.get("repeats") or []),
         summary=fam["summary"],
-        verdict=stats.family_verdict(name, families, comparison, metric, alpha),
+        verdict=prose.family_verdict(name, families, comparison, metric, alpha),
         support_total=total,
     )
 

@@ -201,8 +201,7 @@ def test_a_killed_group_is_reclaimed_and_resumed_each_repeat_once(
         assert resumed.stderr.count("after epoch 2") == 4, resumed.stderr[-3000:]
     # Each result is its repeat's trained alone, undisturbed (same params and seed).
     from rnntune.experiment import load_data
-    from rnntune.train import classification_metrics, fit, predict_proba
-    from rnntune.tuning import model_and_train_config
+    from rnntune.train import classification_metrics, fit, model_and_train_config, predict_proba
 
     splits = load_data(exp.config, None).splits
     for r in rows:

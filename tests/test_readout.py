@@ -16,8 +16,7 @@ from rnntune.exceptions import ConfigError
 from rnntune.experiment import load_data
 from rnntune.models import ModelConfig, RecurrentClassifier
 from rnntune.storage import EvaluationRunRow, open_optuna_storage, session_scope
-from rnntune.train import classification_metrics, fit, predict_proba
-from rnntune.tuning import model_and_train_config
+from rnntune.train import classification_metrics, fit, model_and_train_config, predict_proba
 from tests.conftest import TINY_DATA
 from tests.helpers import rnntune
 

@@ -14,8 +14,7 @@ from rnntune.config import build
 from rnntune.exceptions import Interrupted
 from rnntune.models import FAMILIES, ModelConfig
 from rnntune.stopping import EarlyStopping, describe, effective_patience
-from rnntune.train import EpochResult, TrainConfig, fit, predict_proba
-from rnntune.tuning import model_and_train_config
+from rnntune.train import EpochResult, TrainConfig, fit, model_and_train_config, predict_proba
 from tests.helpers import previous_stopping_rule
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.exc import IntegrityError
 
 from rnntune import state
@@ -30,8 +30,14 @@ from rnntune.config import ExperimentConfig, Runtime
 from rnntune.experiment import Experiment
 from rnntune.faults import failpoint
 from rnntune.storage import EvaluationRunRow, db_now, exclusive, is_sqlite, session_scope
-from rnntune.train import FitResult, classification_metrics, fit, fit_ensemble, predict_proba
-from rnntune.tuning import model_and_train_config
+from rnntune.train import (
+    FitResult,
+    classification_metrics,
+    fit,
+    fit_ensemble,
+    model_and_train_config,
+    predict_proba,
+)
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +289,7 @@ def heartbeat(engine: Engine, job_id: int | Sequence[int], worker_id: str) -> bo
             )
             .values(heartbeat_at=db_now())
         )
+        assert isinstance(res, CursorResult)  # an UPDATE's result: it has a rowcount
         return res.rowcount == len(ids)
 
 
@@ -340,6 +347,7 @@ def complete(engine: Engine, job: Job, worker_id: str, result: dict[str, Any]) -
                 status="done", finished_at=db_now(), heartbeat_at=db_now(), error=None, **result
             )
         )
+        assert isinstance(res, CursorResult)  # an UPDATE's result: it has a rowcount
         return res.rowcount == 1
 
 

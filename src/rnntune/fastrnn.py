@@ -136,7 +136,7 @@ def _steps(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, ...]:
 class _GRUBuffers:
     def __init__(self, key: tuple[Any, ...], T: int, B: int, H: int, like: torch.Tensor):
         self.key = key
-        new = {"dtype": like.dtype, "device": like.device}
+        new: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
         # Forward. pre: r, z (after the loop) and 2 (W_hn h + b_hn); s = (n + 1) / 2; u.
         self.pre = torch.empty(T, 3 * H, B, **new)
         self.s = torch.empty(T, H, B, **new)
@@ -157,7 +157,7 @@ class _GRUBuffers:
             return
         T, H3, B = self.pre.shape
         H = H3 // 3
-        new = {"dtype": self.pre.dtype, "device": self.pre.device}
+        new: dict[str, Any] = {"dtype": self.pre.dtype, "device": self.pre.device}
         self.coef = torch.empty(T, 3 * H, B, **new)  # d(gate pre-activation) / dh / k
         self.a = torch.empty(T, H, B, **new)
         self.zz = torch.empty(T, H, B, **new)
@@ -312,7 +312,7 @@ def _feature_major(x: torch.Tensor) -> torch.Tensor:
 class _RNNBuffers:
     def __init__(self, key: tuple[Any, ...], T: int, B: int, H: int, like: torch.Tensor):
         self.key = key
-        new = {"dtype": like.dtype, "device": like.device}
+        new: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
         self.u = torch.empty(H, T + 1, B, **new)  # states u_0 .. u_T (or h for relu)
         self.u_t = _steps(self.u, 1)
         self.act: torch.Tensor | None = None
@@ -324,7 +324,7 @@ class _RNNBuffers:
         if self.act is not None:
             return
         H, T1, B = self.u.shape
-        new = {"dtype": self.u.dtype, "device": self.u.device}
+        new: dict[str, Any] = {"dtype": self.u.dtype, "device": self.u.device}
         self.act = torch.empty(H, T1 - 1, B, **new)  # the activation's derivative / k
         self.dpre = torch.empty(H, T1 - 1, B, **new)  # d(pre-activation) / k
         self.dh = torch.empty(H, T1, B, **new)  # dL/dh_0 .. dL/dh_T
@@ -442,7 +442,10 @@ def _fast_path_applies(module: nn.RNNBase, x: Any, hx: Any) -> bool:
         and x.dim() == 3  # batched
         and x.device.type == "cpu"
         and x.dtype in _FAST_DTYPES
-        and all(p.device.type == "cpu" and p.dtype == x.dtype for p in module._flat_weights)
+        and all(
+            p is not None and p.device.type == "cpu" and p.dtype == x.dtype
+            for p in module._flat_weights
+        )
         and (hx is None or (isinstance(hx, torch.Tensor) and hx.dim() == 3))
         and module.bias
         and not module.bidirectional
@@ -503,7 +506,10 @@ class FastRNN(nn.RNN):
             return super().forward(input, hx)
         nonlinearity = self.nonlinearity
 
-        def layer(x: torch.Tensor, h0: torch.Tensor, *w: torch.Tensor) -> Any:
-            return rnn_layer(x, h0, *w, nonlinearity=nonlinearity)
+        def layer(
+            x: torch.Tensor, h0: torch.Tensor, *w: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            w_ih, w_hh, b_ih, b_hh = w  # the fast path has biases: four weights per layer
+            return rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=nonlinearity)
 
         return _stacked(self, layer, input, hx)

@@ -5,8 +5,9 @@ Pure torch: no I/O, no Optuna, no database.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,6 +51,18 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model dropout must be in [0, 1), got {self.dropout!r}")
 
+    @classmethod
+    def from_params(cls, cell: str, params: Mapping[str, Any], input_size: int) -> ModelConfig:
+        """The architecture a trial's (or a best trial's) Optuna ``params`` describe."""
+        return cls(
+            cell=cell,
+            input_size=input_size,
+            hidden_size=int(params["hidden_size"]),
+            num_layers=int(params.get("num_layers", 1)),
+            dropout=float(params.get("dropout", 0.0)),
+            readout=str(params.get("readout", "last")),
+        )
+
 
 class RecurrentClassifier(nn.Module):
     """``nn.RNN`` / ``nn.GRU`` / ``nn.LSTM`` over the sequence, a linear head on the last step
@@ -76,4 +89,5 @@ class RecurrentClassifier(nn.Module):
         """Logits ``(B, num_classes)`` for sequences ``x`` of shape ``(B, T, F)``."""
         out = self.rnn(x)[0]  # (B, T, H): the top layer at every step
         h = out[:, -1] if self.config.readout == "last" else out.mean(dim=1)  # (B, H)
-        return self.head(h)  # (B, C)
+        logits: torch.Tensor = self.head(h)  # (B, C)
+        return logits

@@ -22,9 +22,10 @@ import math
 import os
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,10 +43,14 @@ from rnntune.exceptions import ConfigError, DataError, Interrupted, TrainingErro
 from rnntune.models import ModelConfig, RecurrentClassifier
 from rnntune.stopping import MIN_DELTA, EarlyStopping
 
+if TYPE_CHECKING:
+    from rnntune.config import ExperimentConfig
+
 __all__ = [
     "METRICS",
     "TARGET_NAMES",
     "TrainConfig",
+    "model_and_train_config",
     "EpochResult",
     "FitResult",
     "resolve_device",
@@ -104,6 +109,29 @@ class TrainConfig:
             raise ConfigError(f"unknown metric {self.metric!r}; use one of {', '.join(METRICS)}")
         if not (isinstance(self.min_delta, int | float) and 0 <= self.min_delta < math.inf):
             raise ConfigError(f"min_delta must be a finite number >= 0, got {self.min_delta!r}")
+
+
+def model_and_train_config(
+    family: str,
+    params: Mapping[str, Any],
+    cfg: ExperimentConfig,
+    n_features: int,
+    seed: int,
+    device: str,
+) -> tuple[ModelConfig, TrainConfig]:
+    """The model and how to train it, from Optuna ``params`` and the experiment: the one
+    mapping, shared by tuning (a trial) and evaluation (a repeat of the best trial)."""
+    model_cfg = ModelConfig.from_params(family, params, n_features)
+    train_cfg = TrainConfig(
+        learning_rate=float(params["learning_rate"]),
+        batch_size=int(params["batch_size"]),
+        max_epochs=cfg.max_epochs,
+        patience=cfg.patience,
+        seed=seed,
+        metric=cfg.objective,
+        device=device,
+    )
+    return model_cfg, train_cfg
 
 
 @dataclass(frozen=True)
@@ -631,7 +659,7 @@ def fit_ensemble(
                     val_losses[j],
                     val_metric,
                     proba[j],
-                    lambda m=m: dict(m.state),
+                    partial(dict, m.state),  # the state just set, copied if best
                 )
                 result = EpochResult(epoch, train_losses[j], val_metric, seconds, val_losses[j])
                 m.progress.history.append(result)

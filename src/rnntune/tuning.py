@@ -24,6 +24,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +43,7 @@ from rnntune.faults import failpoint
 from rnntune.storage import exclusive
 
 if TYPE_CHECKING:  # torch is imported only where a model is trained
-    from rnntune.models import ModelConfig
-    from rnntune.train import EpochResult, FitResult, TrainConfig
+    from rnntune.train import EpochResult, FitResult
 
 log = logging.getLogger(__name__)
 
@@ -268,37 +268,6 @@ def checkpoint_path(artifacts: str, cfg: ExperimentConfig, family: str, root: in
     return Path(artifacts) / "checkpoints" / cfg.name / family / f"trial-{root:05d}.pt"
 
 
-def model_and_train_config(
-    family: str,
-    params: dict[str, Any],
-    cfg: ExperimentConfig,
-    n_features: int,
-    seed: int,
-    device: str,
-) -> tuple[ModelConfig, TrainConfig]:
-    from rnntune.models import ModelConfig
-    from rnntune.train import TrainConfig
-
-    model_cfg = ModelConfig(
-        cell=family,
-        input_size=n_features,
-        hidden_size=int(params["hidden_size"]),
-        num_layers=int(params.get("num_layers", 1)),
-        dropout=float(params.get("dropout", 0.0)),
-        readout=str(params.get("readout", "last")),
-    )
-    train_cfg = TrainConfig(
-        learning_rate=float(params["learning_rate"]),
-        batch_size=int(params["batch_size"]),
-        max_epochs=cfg.max_epochs,
-        patience=cfg.patience,
-        seed=seed,
-        metric=cfg.objective,
-        device=device,
-    )
-    return model_cfg, train_cfg
-
-
 @dataclass(frozen=True)
 class TrialOutcome:
     number: int
@@ -329,6 +298,8 @@ def run_trial(
     so a peer failed and re-enqueued it, and the retry owns the trial and its checkpoint now.
     The checkpoint is left in place; the caller drops the attempt and goes on.
     """
+    from rnntune.train import fit, model_and_train_config  # torch only where a model trains
+
     epochs: list[int] = []  # the epochs this attempt actually trained
     root = original_number(trial)
     params = dict(trial.params)
@@ -354,8 +325,6 @@ def run_trial(
         in_storage[0] += time.perf_counter() - t
         if prune:
             raise optuna.TrialPruned(f"pruned at epoch {r.epoch}")
-
-    from rnntune.train import fit
 
     t0 = time.perf_counter()
     try:
@@ -390,7 +359,7 @@ def run_trial(
         raise
     except UpdateFinishedTrialError:
         raise  # taken over by a retry: see the docstring
-    except (OSError, *DATABASE_ERRORS) as e:
+    except DATABASE_ERRORS + (OSError,) as e:
         if is_transient(e):
             # The database restarted under the training loop: not the trial's fault. Hand it
             # back once the database is back (its retry resumes from the checkpoint); go on.
@@ -494,9 +463,11 @@ def _annotate_error(study: optuna.Study, trial: Trial, reason: str) -> None:
     storage.set_trial_system_attr(trial._trial_id, state.KIND_ATTR, state.ERROR)
 
 
-def _record(trial: Trial, db_retry: Callable[[Callable[[], Any]], Any], attrs: dict) -> None:
+def _record(
+    trial: Trial, db_retry: Callable[[Callable[[], Any]], Any], attrs: dict[str, Any]
+) -> None:
     for k, v in attrs.items():
-        db_retry(lambda k=k, v=v: trial.set_user_attr(k, v))
+        db_retry(partial(trial.set_user_attr, k, v))
 
 
 def _tell(study: optuna.Study, trial: Trial, to: TrialState, value: float | None = None) -> None:

@@ -317,17 +317,18 @@ class Worker:
         self._register()
         self._ensure_heartbeat()
         seed = random.SystemRandom().randrange(2**31)
-        self.studies = {
-            f: self.db_retry(
-                lambda f=f, i=i: load_study(
+
+        def load(f: str, i: int) -> optuna.Study:
+            return self.db_retry(
+                lambda: load_study(
                     self.storage,
                     cfg.study_name(f),
                     sampler=tuning.make_sampler(cfg, seed + i),
                     pruner=tuning.make_pruner(cfg),
                 )
             )
-            for i, f in enumerate(cfg.families)
-        }
+
+        self.studies = {f: load(f, i) for i, f in enumerate(cfg.families)}
         self._jobs_created: set[str] = set()
         self.on_event(
             f"worker {self.worker_id} on {mask_url(self.storage_url)}: experiment {cfg.name}, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import platform
 import warnings
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -160,7 +161,7 @@ def _seconds_of_trials(trials: list[optuna.trial.FrozenTrial]) -> dict[str, floa
     return {"wall": _span(starts, ends), "compute": round(compute, 3)}
 
 
-def _span(starts: list[datetime | None], ends: list[datetime | None]) -> float:
+def _span(starts: Sequence[datetime | None], ends: Sequence[datetime | None]) -> float:
     s = [x for x in starts if x is not None]
     e = [x for x in ends if x is not None]
     if not s or not e:

@@ -135,6 +135,8 @@ def _test_metrics(report: Mapping[str, Any]) -> Figure | None:
 
 
 def _history(report: Mapping[str, Any], family: str) -> Figure | None:
+    from matplotlib.ticker import MaxNLocator
+
     fam = (report.get("families") or {}).get(family) or {}
     points = [
         (int(t["number"]), float(t["value"]), str(t.get("state", "")).lower())
@@ -161,7 +163,9 @@ def _history(report: Mapping[str, Any], family: str) -> Figure | None:
     objective = (report.get("experiment") or {}).get("objective", "objective")
     ax.set_title(f"{display_family(family)}: optimisation history")
     ax.set_xlabel("trial number")
-    ax.xaxis.get_major_locator().set_params(integer=True)  # no trial 2.5
+    locator = ax.xaxis.get_major_locator()
+    if isinstance(locator, MaxNLocator):  # matplotlib's default, AutoLocator, is one
+        locator.set_params(integer=True)  # no trial 2.5
     ax.set_ylabel(f"validation {display_metric(str(objective))}")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small")

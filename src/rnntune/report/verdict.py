@@ -139,7 +139,7 @@ def reference_verdict(
         return ""
     label = display_metric(metric)
     single = len(ranked) == 1
-    clauses = []
+    clauses: list[str] = []
     # The classical baseline first: it is the bar that says whether the models earn their cost.
     for point, value in sorted(points, key=lambda pv: pv[0].get("name") == "majority"):
         beat = [display_family(f) for f, s in ranked if s["mean"] > value]
@@ -300,7 +300,7 @@ def family_verdict(
             worse.append(text)
         else:
             same.append(text)
-    clauses = []
+    clauses: list[str] = []
     if better:
         clauses.append(f"significantly better than {_join(better)}")
     if worse:

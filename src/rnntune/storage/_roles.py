@@ -64,10 +64,10 @@ def ensure_roles(
         raise ConfigError(
             "database roles need PostgreSQL: drop --worker-role/--dashboard-role for SQLite"
         )
-    for role in (worker, dashboard):
-        if role and not ROLE_NAME.fullmatch(role[0]):
+    for given in (worker, dashboard):
+        if given and not ROLE_NAME.fullmatch(given[0]):
             raise ConfigError(
-                f"role name {role[0]!r} is not usable: use lower-case letters, digits and _"
+                f"role name {given[0]!r} is not usable: use lower-case letters, digits and _"
             )
     try:
         with exclusive(engine, "rnntune:roles"), engine.begin() as conn:

@@ -27,7 +27,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-class db_now(FunctionElement):  # noqa: N801 - reads as a SQL function
+class db_now(FunctionElement[datetime]):  # noqa: N801 - reads as a SQL function
     """The database's clock, as naive UTC: the one clock every staleness rule is judged by.
 
     Hosts' clocks drift apart; the database's is one clock for everyone. Heartbeats are written

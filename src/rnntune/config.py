@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from rnntune.exceptions import ConfigError
+from rnntune.names import FAMILIES
 
-FAMILIES: tuple[str, ...] = ("rnn", "gru", "lstm")
 METRICS: tuple[str, ...] = ("macro_f1", "weighted_f1", "accuracy", "roc_auc")
 PRUNERS: tuple[str, ...] = ("median", "percentile", "hyperband", "none")
 # Parameters the model and training loop understand, with the types they may be sampled as.

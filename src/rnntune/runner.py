@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from rnntune.experiment import (
     store_reference_points,
     verify_data,
 )
-from rnntune.report import build_report, write_all
+from rnntune.report import Report, build_report, write_all
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def finalize(
     *,
     data: str | None = None,
     splits: Any = None,
-) -> tuple[dict[str, Any], dict[str, Path]]:
+) -> tuple[Report, dict[str, Path]]:
     """Write report.md/.json/.html into ``out_dir`` and publish them to the dashboard.
 
     ``device``: what the work ran on, as the report should say it (already resolved). The
@@ -210,7 +210,7 @@ def ensure_reference_points(
     store_reference_points(engine, exp, points)
 
 
-def summary_table(report: dict[str, Any]) -> str:
+def summary_table(report: Mapping[str, Any]) -> str:
     rows = [f"{'family':<7}{'best val':>10}{'accuracy':>18}{'macro F1':>18}{'ROC AUC':>18}"]
     for family, fam in report["families"].items():
         s = fam["summary"]

@@ -19,6 +19,7 @@ from rnntune import config as config_mod
 from rnntune.config import Runtime
 from rnntune.exceptions import ConfigError, RnntuneError
 from rnntune.experiment import Experiment, find_or_raise_by_name, register
+from rnntune.report import Report
 from rnntune.storage import mask_url, open_optuna_storage
 
 Echo = Callable[[str], None]
@@ -40,7 +41,7 @@ class Registered:
 class Exported:
     """The final report of `run` or `evaluate`, and the files it was written to."""
 
-    report: dict[str, Any]
+    report: Report
     paths: dict[str, Path]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rnntune import live as live_mod
-from rnntune.config import Runtime
+from rnntune.config import Runtime, worker_options
 from rnntune.exceptions import RnntuneError
 from rnntune.experiment import (
     Experiment,
@@ -43,31 +43,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 def worker_command(experiment: str, rt: Runtime, data: str | None) -> list[str]:
-    """A worker's argv. No storage URL in it: argv is public (``ps``, /proc/PID/cmdline) and the
-    URL may hold the database password, so it goes in the child's environment instead
+    """A worker's argv: ``rnntune worker`` with ``rt`` as its options (config.worker_options owns
+    that mapping). No storage URL in it: argv is public (``ps``, /proc/PID/cmdline) and the URL
+    may hold the database password, so it goes in the child's environment instead
     (:func:`worker_env`)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "rnntune",
-        "worker",
-        "--experiment",
-        experiment,
-        "--artifacts",
-        rt.artifacts,
-        "--device",
-        rt.device,
-        "--threads",
-        str(rt.threads),
-    ]
-    # Unset: the worker takes the experiment's (the parent checked what was given against it).
-    if rt.heartbeat_interval is not None:
-        cmd += ["--heartbeat-interval", str(rt.heartbeat_interval)]
-    if rt.grace_period is not None:
-        cmd += ["--grace-period", str(rt.grace_period)]
-    if data:
-        cmd += ["--data", data]
-    return cmd
+    return [sys.executable, "-m", "rnntune", "worker", *worker_options(experiment, rt, data)]
 
 
 def worker_env(storage_url: str, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -115,6 +115,10 @@ class WorkerSummary:
     outcomes: list[Any] = field(default_factory=list)
     trial_seconds: float = 0.0  # claim to tell, per trial, summed
     fit_seconds: float = 0.0  # of which inside the training loop
+    # What the final export needs from this run (rnntune.jobs.evaluate): the device it trained
+    # on, resolved ("cpu", "cuda:0"), and the experiment's data split it loaded and verified.
+    device: str | None = None
+    splits: Any = None
 
     @property
     def storage_share(self) -> float:
@@ -312,6 +316,7 @@ class Worker:
         verify_data(self.exp, loaded)
         self.splits = loaded.splits
         self.loaded = loaded
+        self._summary.device, self._summary.splits = device, loaded.splits
         self._repeat_split: tuple[int, Any] | None = None  # (repeat, splits) under --resplit
         warm_up(device)
         self._register()

@@ -20,9 +20,10 @@ from sklearn.neighbors import KNeighborsClassifier
 from rnntune.baselines import reference_points
 from rnntune.data import load_dataset, split_dataset
 from rnntune.report.html import to_html
+from rnntune.report.markdown import to_markdown
 from rnntune.report.plots import plot_pngs
-from rnntune.report.render import to_markdown
-from rnntune.report.stats import compare_families, reference_verdict, verdict
+from rnntune.report.stats import compare_families
+from rnntune.report.verdict import reference_verdict, verdict
 from tests.test_report_render import FAMILIES, _assemble, _metrics, make_report
 
 
@@ -74,7 +75,7 @@ def test_logistic_regression_when_1nn_is_too_slow(split) -> None:  # noqa: ANN00
 def test_readers_do_not_import_torch() -> None:
     code = (
         "import sys, rnntune.baselines, rnntune.stopping, rnntune.report.stats, "
-        "rnntune.report.render, rnntune.report.collect; "
+        "rnntune.report.document, rnntune.report.collect; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

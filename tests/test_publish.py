@@ -24,7 +24,7 @@ from optuna_dashboard import get_note
 
 from rnntune.dashboard import make_app
 from rnntune.experiment import find_or_raise_by_name
-from rnntune.report import stats
+from rnntune.report import stats, verdict
 from rnntune.runner import finalize
 from rnntune.storage import StorageRole, open_optuna_storage
 from tests.conftest import TINY_DATA, fresh_pg_database
@@ -141,7 +141,7 @@ def test_each_study_has_a_note_with_its_family_verdict(finished: Finished) -> No
     comparison = report["comparison"]
     for family in FAMILIES:
         note = get_note(finished.study(family))
-        sentence = stats.family_verdict(
+        sentence = verdict.family_verdict(
             family, report["families"], comparison, comparison["metric"], comparison["alpha"]
         )
         assert sentence.startswith(f"{family.upper()} ranks ")

@@ -14,6 +14,8 @@ import io
 import json
 import math
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -24,12 +26,13 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from rnntune.names import FAMILIES, KNOWN_METRICS
+from rnntune.report import as_report, to_csv, to_json, to_markdown
 from rnntune.report.html import to_html
 from rnntune.report.plots import make_plots
-from rnntune.report.render import KNOWN_METRICS, to_csv, to_json, to_markdown
-from rnntune.report.stats import compare_families, ranked_families, summarize_repeats, verdict
+from rnntune.report.stats import compare_families, ranked_families, summarize_repeats
+from rnntune.report.verdict import verdict
 
-FAMILIES = ("rnn", "gru", "lstm")
 SKILL = {"rnn": 1.1, "gru": 1.9, "lstm": 1.6}  # separation of the class scores
 BEST_PARAMS = {
     "rnn": {"hidden_size": 32, "learning_rate": 0.0087, "batch_size": 64},
@@ -514,3 +517,48 @@ def test_html_incomplete(incomplete):
         assert f"<li>{item}</li>" in section
     assert 'data-family="lstm"' in page and "LSTM has no finished evaluation repeats yet." in page
     assert "data:image/png" not in page
+
+
+def test_report_package_imports_neither_torch_nor_the_writers() -> None:
+    """``import rnntune.report`` and the readers stay light: no torch, no writers, no matplotlib
+    (issue 12). In a fresh interpreter, so nothing imported by other tests hides an import."""
+    code = (
+        "import sys, rnntune.report, rnntune.names; "
+        "light = [m for m in ('torch', 'matplotlib') if m in sys.modules]; "
+        "import rnntune.report.collect, rnntune.progress, rnntune.live, rnntune.publish; "
+        "bad = [m for m in ('torch', 'rnntune.train', 'rnntune.models', 'rnntune.tuning', "
+        "'rnntune.evaluation', 'rnntune.worker') if m in sys.modules]; "
+        "print(light, bad); sys.exit(1 if light or bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_tables_show_the_clipped_ci_of_report_json(report):
+    """Issue 12: Markdown and HTML showed unclipped 95% CIs while report.json clipped them to
+    [0, 1]. Two far-apart repeats give a t-interval (df=1) far past [0, 1]: every format shows
+    the one clipped interval of the Report."""
+    two = copy.deepcopy(report)
+    for fam in two["families"].values():
+        fam["repeats"] = fam["repeats"][:2]
+        fam["repeats"][0]["metrics"]["roc_auc"] = 0.2
+        fam["repeats"][1]["metrics"]["roc_auc"] = 0.9
+    rep = as_report(_assemble(two))
+    auc = rep.families["gru"].stat("roc_auc")
+    assert auc["ci95"] == [0.0, 1.0] and auc["ci95_clipped"]
+    assert json.loads(to_json(rep))["families"]["gru"]["summary"]["roc_auc"]["ci95"] == [0.0, 1.0]
+    md, page = to_markdown(rep), to_html(rep, embed_plots=False)
+    assert "**ROC AUC:** 0.5500 ± 0.4950 (95% CI [0.0000, 1.0000], n=2)" in md
+    assert "0.5500 ± 0.4950 (95% CI [0.0000, 1.0000], n=2)" in page
+    assert "[-" not in md.split("### Paired comparison")[0]  # no negative score CI anywhere
+
+
+def test_one_report_object_formats_agree(report):
+    """Markdown, HTML and JSON show the same (clipped) 95% CIs: they format one Report."""
+    rep = as_report(report)
+    md, page = to_markdown(rep), to_html(rep, embed_plots=False)
+    for f in rep.order:
+        lo, hi = rep.families[f].stat("roc_auc")["ci95"]
+        cell = f"[{lo:.4f}, {hi:.4f}]"
+        assert cell in md and cell in page
+    assert json.loads(to_json(rep)) == json.loads(to_json(rep.as_dict()))

@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from rnntune.report.stats import (
-    compare_families,
-    family_verdict,
-    holm,
-    summarize,
-    summarize_repeats,
-    verdict,
-)
+from rnntune.report.stats import compare_families, holm, summarize, summarize_repeats
+from rnntune.report.verdict import family_verdict, verdict
 
 
 def _family(values, *, statuses=None, start=0):

@@ -1,7 +1,9 @@
 """The `rnntune` command: thin click commands over the library.
 
-Each command parses options, builds a config, calls the library, and turns the library's errors
-into one ``Error:`` line with a non-zero exit. Every option also reads ``RNNTUNE_<OPTION>``.
+Each command parses options, builds a config (:mod:`rnntune.config`: the defaults and the one
+precedence merge), calls the library (:mod:`rnntune.jobs` for init, run and evaluate), and turns
+the library's errors into one ``Error:`` line with a non-zero exit. Every option also reads
+``RNNTUNE_<OPTION>``.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def experiment_option(f: Callable) -> Callable:
     return click.option(
         "--experiment",
         envvar="RNNTUNE_EXPERIMENT",
-        default="default",
+        default=config_mod.DEFAULT_EXPERIMENT,
         show_default=True,
         help="Experiment name (its studies are <experiment>.rnn, .gru, .lstm).",
     )(f)
@@ -132,41 +134,45 @@ def experiment_config_options(f: Callable) -> Callable:
     return f
 
 
+def _runtime_option(name: str, **kwargs: Any) -> Callable:
+    """The option of Runtime field ``name``, spelled as config.RUNTIME_OPTIONS spells it (the
+    table `rnntune run` hands its settings to its workers by), read from RNNTUNE_<NAME> too."""
+    return click.option(
+        config_mod.RUNTIME_OPTIONS[name], envvar=f"RNNTUNE_{name.upper()}", **kwargs
+    )
+
+
 def runtime_options(f: Callable) -> Callable:
+    hb, grace = config_mod.DEFAULT_HEARTBEAT_INTERVAL, config_mod.DEFAULT_GRACE_PERIOD
     opts = [
-        click.option(
-            "--artifacts",
-            envvar="RNNTUNE_ARTIFACTS",
-            default="rnntune-artifacts",
+        _runtime_option(
+            "artifacts",
+            default=config_mod.DEFAULT_ARTIFACTS,
             show_default=True,
             help="Artifact directory shared by all workers (checkpoints, reports).",
         ),
-        click.option(
-            "--device",
-            envvar="RNNTUNE_DEVICE",
-            default="auto",
+        _runtime_option(
+            "device",
+            default=config_mod.DEFAULT_DEVICE,
             show_default=True,
             help="auto, cpu or cuda.",
         ),
-        click.option(
-            "--threads",
+        _runtime_option(
+            "threads",
             type=int,
-            envvar="RNNTUNE_THREADS",
             help="torch threads per worker [default: cores / workers, at least 1].",
         ),
-        click.option(
-            "--heartbeat-interval",
+        _runtime_option(
+            "heartbeat_interval",
             type=int,
-            envvar="RNNTUNE_HEARTBEAT_INTERVAL",
             help="Seconds between heartbeats; part of the experiment, stored when it is created "
-            "[default: 5, or the experiment's].",
+            f"[default: {hb}, or the experiment's].",
         ),
-        click.option(
-            "--grace-period",
+        _runtime_option(
+            "grace_period",
             type=int,
-            envvar="RNNTUNE_GRACE_PERIOD",
             help="Seconds without heartbeat before a trial or repeat is retried; part of the "
-            "experiment, stored when it is created [default: 30, or the experiment's].",
+            f"experiment, stored when it is created [default: {grace}, or the experiment's].",
         ),
     ]
     for o in reversed(opts):
@@ -230,39 +236,6 @@ def _setup_logging() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def _explicit(name: str, config_file: str | None, **values: Any) -> dict[str, Any]:
-    """Explicit settings: the file's, overridden by CLI/env values that were given."""
-    explicit: dict[str, Any] = config_mod.read_file(config_file) if config_file else {}
-    if name != "default" or "name" not in explicit:
-        explicit["name"] = name
-    for k, v in values.items():
-        if v is not None:
-            explicit[k] = v
-    if "pruner" in values and values["pruner"] is not None:
-        explicit["pruner"] = {"type": values["pruner"]}
-    return explicit
-
-
-def _runtime(
-    storage: str,
-    artifacts: str,
-    device: str,
-    threads: int | None,
-    hb: int | None,
-    grace: int | None,
-    workers: int = 1,
-) -> config_mod.Runtime:
-    cores = os.cpu_count() or 1
-    return config_mod.Runtime(
-        storage=storage,
-        artifacts=artifacts,
-        device=device,
-        threads=threads if threads is not None else max(1, cores // max(1, workers)),
-        heartbeat_interval=hb,
-        grace_period=grace,
-    )
-
-
 @click.group(context_settings=CONTEXT)
 @click.version_option(package_name="rnntune")
 def main() -> None:
@@ -275,18 +248,17 @@ def main() -> None:
 @storage_option
 @experiment_option
 @experiment_config_options
-@click.option(
-    "--heartbeat-interval",
+@_runtime_option(
+    "heartbeat_interval",
     type=int,
-    envvar="RNNTUNE_HEARTBEAT_INTERVAL",
-    help="Seconds between a worker's heartbeats, for every worker of this experiment [default: 5].",
+    help="Seconds between a worker's heartbeats, for every worker of this experiment "
+    f"[default: {config_mod.DEFAULT_HEARTBEAT_INTERVAL}].",
 )
-@click.option(
-    "--grace-period",
+@_runtime_option(
+    "grace_period",
     type=int,
-    envvar="RNNTUNE_GRACE_PERIOD",
     help="Seconds without heartbeat before a trial or repeat is retried, for every worker of "
-    "this experiment [default: 30].",
+    f"this experiment [default: {config_mod.DEFAULT_GRACE_PERIOD}].",
 )
 @click.option(
     "--worker-role",
@@ -315,45 +287,17 @@ def init(
 
     Example: rnntune init --storage postgresql://rnntune@db/rnntune --trials 30
     """
-    from rnntune.experiment import register
-    from rnntune.storage import StorageRole, ensure_roles, mask_url, open_optuna_storage
+    from rnntune import jobs
 
-    roles = {}
-    for flag, name in (("WORKER", worker_role), ("DASHBOARD", dashboard_role)):
-        if name:
-            var = f"RNNTUNE_{flag}_ROLE_PASSWORD_FILE"
-            if not os.environ.get(var):
-                raise ConfigError(
-                    f"--{flag.lower()}-role {name} needs its password in a file: set {var} "
-                    "(never a password on the command line)"
-                )
-            from rnntune.storage import read_role_password
-
-            roles[flag] = (name, read_role_password(var, os.environ[var]))
-    if roles:
-        from rnntune.storage import is_sqlite, normalize_url
-
-        if is_sqlite(normalize_url(storage)):
-            raise ConfigError(
-                "database roles need PostgreSQL: drop --worker-role/--dashboard-role for SQLite"
-            )
-
-    explicit = _explicit(experiment, config_file, **opts)
-    config_mod.build(explicit)  # refuse bad values before anything is stored
-    st = open_optuna_storage(storage, StorageRole.MIGRATE)
-    exp, created = register(st, explicit, None, heartbeat_interval, grace_period)
-    if roles:
-        ensure_roles(st.engine, worker=roles.get("WORKER"), dashboard=roles.get("DASHBOARD"))
-        click.echo(
-            "database roles ready: "
-            + ", ".join(f"{r[0]} ({k.lower()})" for k, r in sorted(roles.items()))
-        )
-    verb = "registered" if created else "already registered (unchanged)"
-    click.echo(
-        f"experiment {exp.name!r} {verb} in {mask_url(storage)}: "
-        f"{len(exp.config.families)} families x {exp.config.trials} trials, "
-        f"{exp.config.repeats} repeats, data {exp.config.data} "
-        f"({exp.data_fingerprint[:19]})"
+    roles = jobs.role_passwords(storage, {"worker": worker_role, "dashboard": dashboard_role})
+    explicit = config_mod.explicit_settings(experiment, config_file, opts)
+    jobs.init(
+        storage,
+        explicit,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        roles=roles,
+        echo=click.echo,
     )
 
 
@@ -367,31 +311,21 @@ def init(
     "--workers",
     type=int,
     envvar="RNNTUNE_WORKERS",
-    default=2,
+    default=config_mod.DEFAULT_WORKERS,
     show_default=True,
     help="Local worker processes.",
 )
 @click.option(
     "--out",
     envvar="RNNTUNE_OUT",
-    default="reports",
+    default=config_mod.DEFAULT_OUT,
     show_default=True,
     type=click.Path(file_okay=False),
     help="Directory for report.md/.json/.html.",
 )
 @handle_errors
 def run(
-    storage: str,
-    experiment: str,
-    config_file: str | None,
-    artifacts: str,
-    device: str,
-    threads: int | None,
-    heartbeat_interval: int | None,
-    grace_period: int | None,
-    workers: int,
-    out: str,
-    **opts: Any,
+    storage: str, experiment: str, config_file: str | None, workers: int, out: str, **opts: Any
 ) -> None:
     """Init if needed, tune all families, run the evaluation repeats, write the report.
 
@@ -399,47 +333,14 @@ def run(
 
     Example: rnntune run --trials 10 --repeats 10
     """
-    from rnntune import progress as progress_mod
-    from rnntune.experiment import register
-    from rnntune.runner import finalize, run_workers, summary_table
-    from rnntune.storage import StorageRole, mask_url, open_optuna_storage
+    from rnntune import jobs
 
     if workers < 1:
         raise click.BadParameter("must be at least 1", param_hint="--workers")
-    rt = _runtime(storage, artifacts, device, threads, heartbeat_interval, grace_period, workers)
-    # Checked before anything is stored: a bad directory must not surface after the study.
-    config_mod.check_writable_dir(out, "--out")
-    config_mod.check_writable_dir(artifacts, "--artifacts")
-    explicit = _explicit(experiment, config_file, **opts)
-    config_mod.build(explicit)  # refuse bad values before anything is stored
-    st = open_optuna_storage(storage, StorageRole.MIGRATE)
-    exp, created = register(st, explicit, None, heartbeat_interval, grace_period)
-    cfg = exp.config
-    click.echo(
-        f"{'registered' if created else 'resuming'} experiment {cfg.name!r} in "
-        f"{mask_url(storage)}: {'/'.join(cfg.families)} x {cfg.trials} trials, "
-        f"{cfg.repeats} repeats, data {cfg.data}"
-    )
-    start = time.monotonic()
-    prog = progress_mod.read(st, exp)
-    if prog.done and exp.report_path and Path(exp.report_path).exists():
-        click.echo(
-            f"experiment {cfg.name!r} is already finished; nothing to do. Report: {exp.report_path}"
-        )
-        return
-    if not prog.done:
-        run_workers(st, storage, exp, rt, workers, opts.get("data"), click.echo)
-    from rnntune.train import resolve_device
-
-    report, paths = finalize(
-        st, exp, out, artifacts, device=str(resolve_device(rt.device)), data=opts.get("data")
-    )
-    click.echo("")
-    click.echo(summary_table(report))
-    click.echo(
-        f"report: {paths['md']} (also {paths['json']}, {paths['html']}); "
-        f"{time.monotonic() - start:.0f}s"
-    )
+    runtime = {name: opts.pop(name) for name in config_mod.RUNTIME_OPTIONS}
+    rt = config_mod.runtime(storage, **runtime, workers=workers)
+    explicit = config_mod.explicit_settings(experiment, config_file, opts)
+    jobs.run(storage, explicit, rt, workers=workers, out=out, data=opts["data"], echo=click.echo)
 
 
 # -- worker ----------------------------------------------------------------------------------
@@ -454,16 +355,7 @@ def run(
     "path (the fingerprint must still match).",
 )
 @handle_errors
-def worker(
-    storage: str,
-    experiment: str,
-    artifacts: str,
-    device: str,
-    threads: int | None,
-    heartbeat_interval: int | None,
-    grace_period: int | None,
-    data: str | None,
-) -> None:
+def worker(storage: str, experiment: str, data: str | None, **runtime: Any) -> None:
     """Pull trials, then evaluation repeats, until the experiment is done (stateless).
 
     SIGTERM stops it within seconds: the trial in hand is handed back and resumes elsewhere.
@@ -472,15 +364,9 @@ def worker(
     """
     from rnntune.worker import Worker
 
-    rt = _runtime(
-        storage,
-        artifacts,
-        device,
-        1 if threads is None else threads,
-        heartbeat_interval,
-        grace_period,
-    )
-    config_mod.check_writable_dir(artifacts, "--artifacts")
+    # workers=None: a lone worker, which cannot know how many others share its cores.
+    rt = config_mod.runtime(storage, **runtime, workers=None)
+    config_mod.check_writable_dir(rt.artifacts, "--artifacts")
     w = Worker(
         storage,
         experiment,
@@ -506,52 +392,30 @@ def worker(
 @click.option(
     "--out",
     envvar="RNNTUNE_OUT",
-    default="reports",
+    default=config_mod.DEFAULT_OUT,
     show_default=True,
     type=click.Path(file_okay=False),
     help="Directory for report.md/.json/.html.",
 )
 @click.option("--data", envvar="RNNTUNE_DATA", help="The experiment's data at this host's path.")
 @handle_errors
-def evaluate(
-    storage: str,
-    experiment: str,
-    artifacts: str,
-    device: str,
-    threads: int | None,
-    heartbeat_interval: int | None,
-    grace_period: int | None,
-    out: str,
-    data: str | None,
-) -> None:
+def evaluate(storage: str, experiment: str, out: str, data: str | None, **runtime: Any) -> None:
     """The final job: wait for tuning, work on repeats, wait for the rest, export the report.
 
     Example: rnntune evaluate --storage postgresql://rnntune@db/rnntune --out reports
     """
-    from rnntune.runner import finalize, summary_table
-    from rnntune.worker import Worker
+    from rnntune import jobs
 
-    rt = _runtime(storage, artifacts, device, threads, heartbeat_interval, grace_period)
-    config_mod.check_writable_dir(out, "--out")
-    config_mod.check_writable_dir(artifacts, "--artifacts")
-    w = Worker(
+    rt = config_mod.runtime(storage, **runtime, workers=1)
+    jobs.evaluate(
         storage,
         experiment,
         rt,
-        data_override=data,
-        evaluate_only=True,
+        out=out,
+        data=data,
         on_event=lambda m: logging.getLogger("rnntune.evaluate").info("%s", m),
+        echo=click.echo,
     )
-    summary = w.run()
-    if not summary.finished:
-        raise RnntuneError(
-            "evaluation stopped before the end: rerun `rnntune evaluate` to continue"
-        )
-    report, paths = finalize(
-        w.storage, w.exp, out, artifacts, device=w.runtime.device, splits=getattr(w, "splits", None)
-    )
-    click.echo(summary_table(report))
-    click.echo(f"report: {paths['md']} (also {paths['json']}, {paths['html']})")
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -601,7 +465,7 @@ def report(storage: str, experiment: str, fmt: str, out: str | None, open_browse
     exp = find_or_raise_by_name(st.engine, experiment)
     rep = build_report(st, exp)
     if open_browser:
-        path = write(rep, "html", out or os.path.join("reports", "report.html"))
+        path = write(rep, "html", out or os.path.join(config_mod.DEFAULT_OUT, "report.html"))
         click.echo(f"wrote {path}", err=True)
         _open_in_browser(Path(path))
     elif out:
@@ -675,14 +539,14 @@ def status(storage: str, experiment: str, watch: bool, interval: float) -> None:
 @click.option(
     "--artifacts",
     envvar="RNNTUNE_ARTIFACTS",
-    default="rnntune-artifacts",
+    default=config_mod.DEFAULT_ARTIFACTS,
     show_default=True,
     help="The artifact directory the workers share.",
 )
 @click.option(
     "--host",
     envvar="RNNTUNE_DASHBOARD_HOST",
-    default="127.0.0.1",
+    default=config_mod.DEFAULT_DASHBOARD_HOST,
     show_default=True,
     help="Interface to bind. optuna-dashboard has no authentication: keep it local.",
 )
@@ -690,7 +554,7 @@ def status(storage: str, experiment: str, watch: bool, interval: float) -> None:
     "--port",
     type=click.IntRange(1, 65535),
     envvar="RNNTUNE_DASHBOARD_PORT",
-    default=8080,
+    default=config_mod.DEFAULT_DASHBOARD_PORT,
     show_default=True,
 )
 @click.option(

@@ -1,16 +1,22 @@
 """The experiment's configuration: frozen dataclasses, built in one place.
 
 Precedence, stated once: command line > ``RNNTUNE_*`` environment variable > experiment file
-(``--config FILE.toml``) > default. Click resolves the first two (``envvar=``); :func:`build`
-layers the result over the file and the defaults. Only values the user gave explicitly are
-compared against a stored experiment, so ``rnntune run`` on an existing experiment resumes it as
-it was registered.
+(``--config FILE.toml``) > default. Click resolves the first two (``envvar=``, with no defaults
+of its own: the ``DEFAULT_*`` constants and the dataclass fields below are the only defaults, and
+the options show them); :func:`explicit_settings` lays the result over the file, and
+:func:`build` over the defaults. Only values the user gave explicitly are compared against a
+stored experiment, so ``rnntune run`` on an existing experiment resumes it as it was registered.
+
+How a process runs (:class:`Runtime`) is resolved here too (:func:`runtime`), and handed to the
+worker processes of ``rnntune run`` as command-line options by :func:`worker_options`, from the
+same table (:data:`RUNTIME_OPTIONS`) the CLI declares those options with.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -19,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from rnntune.exceptions import ConfigError
+from rnntune.names import FAMILIES
 
-FAMILIES: tuple[str, ...] = ("rnn", "gru", "lstm")
 METRICS: tuple[str, ...] = ("macro_f1", "weighted_f1", "accuracy", "roc_auc")
 PRUNERS: tuple[str, ...] = ("median", "percentile", "hyperband", "none")
 # Parameters the model and training loop understand, with the types they may be sampled as.
@@ -43,6 +49,20 @@ DEFAULT_SEARCH_SPACE: dict[str, dict[str, Any]] = {
 }
 
 DEFAULT_DATA = "synthetic"
+DEFAULT_EXPERIMENT = "default"
+
+# Defaults of the process settings (not part of an experiment's identity). The CLI's options
+# show these and leave unset values None, so the defaults are applied here, in one place.
+DEFAULT_ARTIFACTS = "rnntune-artifacts"
+DEFAULT_DEVICE = "auto"
+DEFAULT_OUT = "reports"  # report directory of `run` and `evaluate`
+DEFAULT_WORKERS = 2  # local worker processes of `rnntune run`
+DEFAULT_WORKER_THREADS = 1  # torch threads of a `rnntune worker` (it cannot know its neighbours)
+DEFAULT_DASHBOARD_HOST = "127.0.0.1"  # optuna-dashboard has no login: local by default
+DEFAULT_DASHBOARD_PORT = 8080
+# The liveness policy, stored with an experiment when it is registered (rnntune.experiment).
+DEFAULT_HEARTBEAT_INTERVAL = 5
+DEFAULT_GRACE_PERIOD = 30
 
 
 @dataclass(frozen=True)
@@ -66,7 +86,7 @@ class PrunerConfig:
 class ExperimentConfig:
     """Everything that defines an experiment's results. Stored in the database with it."""
 
-    name: str = "default"
+    name: str = DEFAULT_EXPERIMENT
     data: str = DEFAULT_DATA
     trials: int = 10
     repeats: int = 10
@@ -202,6 +222,26 @@ def read_file(path: str | Path) -> dict[str, Any]:
             )
         out["pruner"] = raw["pruner"]
     return out
+
+
+def explicit_settings(
+    name: str, config_file: str | Path | None, given: dict[str, Any]
+) -> dict[str, Any]:
+    """The experiment settings a user gave explicitly: the experiment file's, overridden by the
+    command line's and environment's (``given``, already merged by click; None = not given).
+
+    :func:`build` lays the result over the defaults; a stored experiment compares only these.
+    """
+    explicit: dict[str, Any] = read_file(config_file) if config_file else {}
+    # The default name does not override a name the file gives.
+    if name != DEFAULT_EXPERIMENT or "name" not in explicit:
+        explicit["name"] = name
+    for key, value in given.items():
+        if value is None:
+            continue
+        # The command line names a pruner by its type; the file's [pruner] table says more.
+        explicit[key] = {"type": value} if key == "pruner" else value
+    return explicit
 
 
 def build(explicit: dict[str, Any], base: ExperimentConfig | None = None) -> ExperimentConfig:
@@ -503,9 +543,9 @@ class Runtime:
     """
 
     storage: str
-    artifacts: str = "rnntune-artifacts"
-    device: str = "auto"
-    threads: int = 1
+    artifacts: str = DEFAULT_ARTIFACTS
+    device: str = DEFAULT_DEVICE
+    threads: int = DEFAULT_WORKER_THREADS
     heartbeat_interval: int | None = None
     grace_period: int | None = None
     poll_interval: float = 1.0
@@ -516,10 +556,11 @@ class Runtime:
             raise ConfigError("--heartbeat-interval must be at least 1 second")
         if grace is not None and grace < 1:
             raise ConfigError("--grace-period must be at least 1 second")
-        if (hb is not None or grace is not None) and (grace or 30) <= (hb or 5):
+        eff_hb, eff_grace = hb or DEFAULT_HEARTBEAT_INTERVAL, grace or DEFAULT_GRACE_PERIOD
+        if (hb is not None or grace is not None) and eff_grace <= eff_hb:
             raise ConfigError(
-                f"--grace-period ({grace or 30}s) must exceed --heartbeat-interval "
-                f"({hb or 5}s), or live trials would be failed as stale"
+                f"--grace-period ({eff_grace}s) must exceed --heartbeat-interval "
+                f"({eff_hb}s), or live trials would be failed as stale"
             )
         if self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
@@ -533,11 +574,65 @@ class Runtime:
             )
 
 
+def runtime(
+    storage: str,
+    *,
+    artifacts: str | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    workers: int | None = None,
+) -> Runtime:
+    """This process's settings, defaults filled in. Unset threads: the machine's cores shared by
+    the ``workers`` processes started here (`run`: its workers; `evaluate`: 1), or, for a
+    ``rnntune worker`` (``workers=None``), :data:`DEFAULT_WORKER_THREADS`. The heartbeat interval
+    and grace period stay None unless given: the experiment's (checked against it later)."""
+    if threads is None:
+        cores = os.cpu_count() or 1
+        threads = DEFAULT_WORKER_THREADS if workers is None else max(1, cores // max(1, workers))
+    return Runtime(
+        storage=storage,
+        artifacts=DEFAULT_ARTIFACTS if artifacts is None else artifacts,
+        device=DEFAULT_DEVICE if device is None else device,
+        threads=threads,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+    )
+
+
+# The Runtime fields a worker process takes on its command line, and their options: the CLI
+# declares `rnntune worker`'s options from this table and `rnntune run` hands its resolved
+# settings to its workers through it (worker_options), so the two cannot drift apart. The
+# storage URL is not here on purpose: argv is public (ps, /proc/PID/cmdline) and the URL may hold
+# a password; it travels in the worker's environment (runner.worker_env).
+RUNTIME_OPTIONS: dict[str, str] = {
+    "artifacts": "--artifacts",
+    "device": "--device",
+    "threads": "--threads",
+    "heartbeat_interval": "--heartbeat-interval",
+    "grace_period": "--grace-period",
+}
+
+
+def worker_options(experiment: str, rt: Runtime, data: str | None = None) -> list[str]:
+    """The options of ``rnntune worker`` that give a worker ``rt`` (its storage excepted), for
+    ``experiment`` with its data at ``data`` if given. A setting left None is left out: the
+    worker then takes the experiment's (the heartbeat interval and grace period)."""
+    args = ["--experiment", experiment]
+    for name, option in RUNTIME_OPTIONS.items():
+        value = getattr(rt, name)
+        if value is not None:
+            args += [option, str(value)]
+    if data:
+        args += ["--data", data]
+    return args
+
+
 def check_writable_dir(path: str | Path, option: str) -> Path:
     """Create ``path`` if needed and prove it writable by writing a file there, or raise a
     ConfigError naming ``option``. Called before anything is stored, so a bad ``--out`` or
     ``--artifacts`` is refused at the start instead of after hours of work."""
-    import os
     import tempfile
 
     p = Path(path)

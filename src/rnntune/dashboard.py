@@ -31,11 +31,11 @@ from typing import Any
 import optuna_dashboard  # type: ignore[import-untyped]
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 
+from rnntune.config import DEFAULT_DASHBOARD_HOST as DEFAULT_HOST
+from rnntune.config import DEFAULT_DASHBOARD_PORT as DEFAULT_PORT
 from rnntune.exceptions import ConfigError
 from rnntune.storage import StorageRole, artifact_store, open_optuna_storage, storage_from_env
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8080
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 

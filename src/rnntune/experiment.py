@@ -13,7 +13,12 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from rnntune import data as data_mod
-from rnntune.config import ExperimentConfig, build
+from rnntune.config import (
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_HEARTBEAT_INTERVAL,
+    ExperimentConfig,
+    build,
+)
 from rnntune.exceptions import (
     ConfigError,
     ExperimentMismatchError,
@@ -31,9 +36,6 @@ from rnntune.storage import (
 )
 
 log = logging.getLogger(__name__)
-
-DEFAULT_HEARTBEAT_INTERVAL = 5
-DEFAULT_GRACE_PERIOD = 30
 
 
 def check_policy(

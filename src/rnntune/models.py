@@ -14,10 +14,10 @@ from torch import nn
 
 from rnntune.exceptions import ConfigError
 from rnntune.fastrnn import FastGRU, FastRNN
+from rnntune.names import FAMILIES
 
 __all__ = ["FAMILIES", "READOUTS", "ModelConfig", "RecurrentClassifier"]
 
-FAMILIES = ("rnn", "gru", "lstm")
 # What the head reads: the top layer's last step, or its mean over time (long sequences).
 READOUTS = ("last", "mean")
 

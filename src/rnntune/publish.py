@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ from sqlalchemy import select
 
 from rnntune.experiment import Experiment
 from rnntune.faults import failpoint
+from rnntune.names import SUMMARY_METRICS, display_family, display_metric
 from rnntune.report import stats
+from rnntune.report.model import Report, as_report
 from rnntune.storage import (
     EvaluationRunRow,
     artifact_store,
@@ -43,7 +46,6 @@ MIMETYPES = {
     ".json": "application/json",
     ".md": "text/markdown",
 }
-SUMMARY_METRICS = ("accuracy", "macro_f1", "weighted_f1", "roc_auc")
 # Where optuna.artifacts.upload_artifact keeps a study artifact's metadata (study system attr
 # ``artifacts:<id>``, JSON); optuna-dashboard reads the same keys.
 ARTIFACTS_ATTR_PREFIX = "artifacts:"
@@ -58,7 +60,7 @@ def _publish_lock(exp: Experiment, family: str) -> str:
 def publish(
     storage: Any,
     exp: Experiment,
-    report: dict[str, Any],
+    report: Report | Mapping[str, Any],
     paths: dict[str, Path],
     plots: dict[str, Path],
     artifacts: str,
@@ -66,39 +68,36 @@ def publish(
     """Attach the written report files and ``plots`` to every family's study."""
     store = artifact_store(artifacts)
     files = [Path(paths["html"]), Path(paths["json"])] + [Path(p) for p in plots.values()]
-    comparison = report.get("comparison") or {}
+    rep = as_report(report)
     for family in exp.config.families:
         with exclusive(storage.engine, _publish_lock(exp, family)):
-            _publish_family(storage, exp, report, store, files, comparison, family)
+            _publish_family(storage, exp, rep, store, files, family)
 
 
 def _publish_family(
     storage: Any,
     exp: Experiment,
-    report: dict[str, Any],
+    report: Report,
     store: Any,
     files: list[Path],
-    comparison: dict[str, Any],
     family: str,
 ) -> None:
     """One family's final note and attributes (the caller holds the family's publish lock)."""
     study = load_study(storage, exp.config.study_name(family))
     _upload_new(storage, study, store, files)
     failpoint("export.after_upload")
-    fam = report["families"][family]
+    fam = report.families[family]
     # NaN (a family without a finished repeat) is not JSON: the dashboard would choke on it.
     summary = {
-        m: (mean if _finite(mean := fam["summary"][m].get("mean")) else None)
+        m: (mean if _finite(mean := fam.summary[m].get("mean")) else None)
         for m in SUMMARY_METRICS
-        if m in fam["summary"]
+        if m in fam.summary
     }
     study.set_user_attr("evaluation_summary", summary)
-    study.set_user_attr(
-        "evaluation_repeats_done", sum(1 for r in fam["repeats"] if r["status"] == "done")
-    )
-    rank = next((r["rank"] for r in report["ranking"] if r["family"] == family), None)
+    study.set_user_attr("evaluation_repeats_done", len(fam.done))
+    rank = next((r["rank"] for r in report.ranking if r["family"] == family), None)
     study.set_user_attr("evaluation_rank", rank)
-    save_note(study, _note(family, report, comparison))
+    save_note(study, _note(family, report))
     study.set_user_attr(FINAL_ATTR, True)
 
 
@@ -144,8 +143,8 @@ def publish_repeat_progress(storage: Any, exp: Experiment, family: str) -> dict[
 def _progress_note(
     family: str, budget: int, metric: str, values: dict[int, float], running: dict[str, Any]
 ) -> str:
-    name = stats.display_family(family)
-    shown = stats.display_metric(metric)
+    name = display_family(family)
+    shown = display_metric(metric)
     lines = [
         f"## {name}: evaluation in progress",
         "",
@@ -223,29 +222,22 @@ def _stored_bytes(store: Any, artifact_id: str) -> bytes | None:
         return None
 
 
-def _note(family: str, report: dict[str, Any], comparison: dict[str, Any]) -> str:
-    """The study's Markdown note: the family's verdict, its numbers, and the overall verdict."""
-    fam = report["families"][family]
-    s = fam["summary"]
-    name = stats.display_family(family)
-    # The same metric and alpha as the report, so the note and report.html say the same thing.
-    metric = comparison.get("metric", "macro_f1")
-    alpha = comparison.get("alpha", 0.05)
-    lines = [
-        f"## {name}: evaluation",
-        "",
-        stats.family_verdict(family, report["families"], comparison, metric, alpha),
-        "",
-    ]
-    if fam["best_params"] is not None:
-        objective = stats.display_metric(report["experiment"]["objective"])
-        best = f" {fam['best_value']:.4f}" if fam.get("best_value") is not None else ""
+def _note(family: str, report: Report) -> str:
+    """The study's Markdown note: the family's verdict, its numbers, and the overall verdict
+    (the sentences and numbers of the report itself: the note and report.html say the same)."""
+    fam = report.families[family]
+    s = fam.summary
+    name = display_family(family)
+    lines = [f"## {name}: evaluation", "", fam.verdict, ""]
+    if fam.best_params is not None:
+        objective = display_metric(report.experiment["objective"])
+        best = f" {fam.best_value:.4f}" if fam.best_value is not None else ""
         lines += [
-            f"**Best hyperparameters found by Optuna** (trial {fam['best_trial']}, "
+            f"**Best hyperparameters found by Optuna** (trial {fam.best_trial}, "
             f"validation {objective}{best}):",
             "",
         ]
-        lines += [f"- `{k}` = `{_short(v)}`" for k, v in fam["best_params"].items()]
+        lines += [f"- `{k}` = `{_short(v)}`" for k, v in fam.best_params.items()]
         lines.append("")
     n = max((m.get("n", 0) for m in s.values()), default=0)
     lines += [
@@ -258,12 +250,12 @@ def _note(family: str, report: dict[str, Any], comparison: dict[str, Any]) -> st
         m = s.get(key)
         if m and _finite(m["mean"]):
             lines.append(
-                f"| {stats.display_metric(key)} | {m['mean']:.4f} ± {m['std']:.4f} | "
+                f"| {display_metric(key)} | {m['mean']:.4f} ± {m['std']:.4f} | "
                 f"[{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}] |"
             )
     lines += [
         "",
-        f"**Overall:** {report['verdict']}",
+        f"**Overall:** {report.verdict}",
         "",
         "The full report (`report.html`, self-contained: open it in a browser) and its plots are "
         "listed under **Study Artifacts** on this study's main page.",

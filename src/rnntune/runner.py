@@ -11,12 +11,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from rnntune import live as live_mod
-from rnntune.config import Runtime
+from rnntune.config import Runtime, worker_options
 from rnntune.exceptions import RnntuneError, first_line
 from rnntune.experiment import (
     Experiment,
@@ -26,7 +26,7 @@ from rnntune.experiment import (
     store_reference_points,
     verify_data,
 )
-from rnntune.report import build_report, write_all
+from rnntune.report import Report, build_report, write_all
 
 log = logging.getLogger(__name__)
 
@@ -43,31 +43,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 def worker_command(experiment: str, rt: Runtime, data: str | None) -> list[str]:
-    """A worker's argv. No storage URL in it: argv is public (``ps``, /proc/PID/cmdline) and the
-    URL may hold the database password, so it goes in the child's environment instead
+    """A worker's argv: ``rnntune worker`` with ``rt`` as its options (config.worker_options owns
+    that mapping). No storage URL in it: argv is public (``ps``, /proc/PID/cmdline) and the URL
+    may hold the database password, so it goes in the child's environment instead
     (:func:`worker_env`)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "rnntune",
-        "worker",
-        "--experiment",
-        experiment,
-        "--artifacts",
-        rt.artifacts,
-        "--device",
-        rt.device,
-        "--threads",
-        str(rt.threads),
-    ]
-    # Unset: the worker takes the experiment's (the parent checked what was given against it).
-    if rt.heartbeat_interval is not None:
-        cmd += ["--heartbeat-interval", str(rt.heartbeat_interval)]
-    if rt.grace_period is not None:
-        cmd += ["--grace-period", str(rt.grace_period)]
-    if data:
-        cmd += ["--data", data]
-    return cmd
+    return [sys.executable, "-m", "rnntune", "worker", *worker_options(experiment, rt, data)]
 
 
 def worker_env(storage_url: str, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -177,7 +157,7 @@ def finalize(
     *,
     data: str | None = None,
     splits: Any = None,
-) -> tuple[dict[str, Any], dict[str, Path]]:
+) -> tuple[Report, dict[str, Path]]:
     """Write report.md/.json/.html into ``out_dir`` and publish them to the dashboard.
 
     ``device``: what the work ran on, as the report should say it (already resolved). The
@@ -230,7 +210,7 @@ def ensure_reference_points(
     store_reference_points(engine, exp, points)
 
 
-def summary_table(report: dict[str, Any]) -> str:
+def summary_table(report: Mapping[str, Any]) -> str:
     rows = [f"{'family':<7}{'best val':>10}{'accuracy':>18}{'macro F1':>18}{'ROC AUC':>18}"]
     for family, fam in report["families"].items():
         s = fam["summary"]

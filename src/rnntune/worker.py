@@ -112,6 +112,10 @@ class WorkerSummary:
     outcomes: list[Any] = field(default_factory=list)
     trial_seconds: float = 0.0  # claim to tell, per trial, summed
     fit_seconds: float = 0.0  # of which inside the training loop
+    # What the final export needs from this run (rnntune.jobs.evaluate): the device it trained
+    # on, resolved ("cpu", "cuda:0"), and the experiment's data split it loaded and verified.
+    device: str | None = None
+    splits: Any = None
 
     @property
     def storage_share(self) -> float:
@@ -306,6 +310,7 @@ class Worker:
         loaded = load_data(cfg, self.data_override)
         verify_data(exp, loaded)
         self.splits = loaded.splits
+        self._summary.device, self._summary.splits = device, loaded.splits
         warm_up(device)
         seed = random.SystemRandom().randrange(2**31)
 

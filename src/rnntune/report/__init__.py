@@ -1,17 +1,29 @@
-"""Reports: collect from the database, compare the families, render md / html / json / csv."""
+"""Reports: built once from the database (``collect``) as one typed object (``model.Report``),
+then only formatted: md (``markdown``), html, json / csv (``serialise``) and plots.
+
+Importing this package never imports torch, the writers (tuning, evaluation, worker) or
+matplotlib: ``build_report`` and the HTML and plot modules are imported when called.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rnntune.faults import failpoint
-from rnntune.report.render import to_csv, to_json, to_markdown
+from rnntune.report.markdown import to_markdown
+from rnntune.report.model import FamilyResult, Repeat, Report, as_report
+from rnntune.report.serialise import to_csv, to_json
 
 FORMATS = ("md", "html", "json", "csv")
 
 __all__ = [
     "FORMATS",
+    "FamilyResult",
+    "Repeat",
+    "Report",
+    "as_report",
     "build_report",
     "render",
     "to_csv",
@@ -22,14 +34,14 @@ __all__ = [
 ]
 
 
-def build_report(storage: Any, exp: Any, device: str = "cpu") -> dict[str, Any]:
-    """Collect the report from the database (imported lazily: it pulls in torch)."""
+def build_report(storage: Any, exp: Any, device: str = "cpu") -> Report:
+    """Build the report from the database (``collect`` is imported lazily: it needs Optuna)."""
     from rnntune.report.collect import build_report as _build
 
     return _build(storage, exp, device=device)
 
 
-def render(report: dict[str, Any], fmt: str) -> str:
+def render(report: Report | Mapping[str, Any], fmt: str) -> str:
     """The report as text in ``fmt`` (Markdown without plots: `write` adds them beside the file)."""
     if fmt == "md":
         return to_markdown(report)
@@ -44,9 +56,10 @@ def render(report: dict[str, Any], fmt: str) -> str:
     raise ValueError(f"unknown report format {fmt!r}")
 
 
-def write(report: dict[str, Any], fmt: str, path: str | Path) -> Path:
+def write(report: Report | Mapping[str, Any], fmt: str, path: str | Path) -> Path:
     """Write the report to ``path``; Markdown gets its PNG plots in ``<stem>_plots/`` beside it."""
     out = Path(path)
+    report = as_report(report)
     if fmt != "md":
         _atomic_write(out, render(report, fmt))
         return out
@@ -58,7 +71,9 @@ def write(report: dict[str, Any], fmt: str, path: str | Path) -> Path:
 
 
 def write_all(
-    report: dict[str, Any], out_dir: str | Path, formats: tuple[str, ...] = ("md", "json", "html")
+    report: Report | Mapping[str, Any],
+    out_dir: str | Path,
+    formats: tuple[str, ...] = ("md", "json", "html"),
 ) -> tuple[dict[str, Path], dict[str, Path]]:
     """Write ``report.<fmt>`` for each format into ``out_dir``, drawing the plots once.
 
@@ -68,6 +83,7 @@ def write_all(
     from rnntune.report.plots import plot_pngs
 
     out = Path(out_dir)
+    report = as_report(report)
     pngs = plot_pngs(report)
     plots = _write_plots(pngs, out / "report_plots")
     paths: dict[str, Path] = {}
@@ -93,7 +109,7 @@ def _write_plots(pngs: dict[str, bytes], directory: Path) -> dict[str, Path]:
     return files
 
 
-def _write_markdown(report: dict[str, Any], path: Path, plots: dict[str, Path]) -> None:
+def _write_markdown(report: Report, path: Path, plots: dict[str, Path]) -> None:
     rel = {name: str(p.relative_to(path.parent)) for name, p in plots.items()}
     _atomic_write(path, to_markdown(report, plot_files=rel))
 

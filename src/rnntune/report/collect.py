@@ -1,4 +1,8 @@
-"""Build the report dict (the one structure every renderer reads) from the study database."""
+"""Build the report (:class:`~rnntune.report.model.Report`) once, from the study database.
+
+A reader: it counts through :mod:`rnntune.state` and never imports the writers (tuning,
+evaluation, train, worker) nor torch.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +18,14 @@ from optuna.trial import TrialState
 
 from rnntune import __version__, state, stopping
 from rnntune.experiment import Experiment
-from rnntune.report import stats
+from rnntune.report.model import Report
 from rnntune.storage import load_study, mask_url
 
 log = logging.getLogger(__name__)
 
 
-def build_report(storage: Any, exp: Experiment, device: str = "cpu") -> dict[str, Any]:
-    """Everything the renderers show, with numbers only from stored rows and trials."""
+def build_report(storage: Any, exp: Experiment, device: str = "cpu") -> Report:
+    """Everything the formats show, with numbers only from stored rows and trials."""
     cfg = exp.config
     engine = storage.engine
     runs = state.eval_runs(engine, exp)
@@ -81,19 +85,12 @@ def build_report(storage: Any, exp: Experiment, device: str = "cpu") -> dict[str
                 "compute": round(sum(r.train_seconds or 0.0 for r in done), 3),
             },
             "repeats": repeats,
-            "summary": stats.summarize_repeats(repeats),
         }
-    metric = "macro_f1"
-    comparison = stats.compare_families(families, metric=metric)
-    ranking = [
-        {"family": f, "rank": i + 1, "macro_f1_mean": summary["mean"]}
-        for i, (f, summary) in enumerate(stats.ranked_families(families, metric))
-    ]
     # Computed once by the final job from the splits (rnntune.baselines) and stored with the
     # experiment; None until then.
     references = exp.data_summary.get("baselines")
-    return {
-        "experiment": {
+    return Report.build(
+        experiment={
             "name": cfg.name,
             "created_at": _iso(exp.created_at),
             "storage": mask_url(str(engine.url)),
@@ -123,14 +120,12 @@ def build_report(storage: Any, exp: Experiment, device: str = "cpu") -> dict[str
             "retry_limits": state.limits(cfg.trials),
             "versions": _versions(),
         },
-        "complete": not missing,
-        "missing": missing,
-        "families": families,
-        "ranking": ranking,
-        "comparison": comparison,
-        "baselines": references,
-        "verdict": stats.verdict(families, comparison, metric=metric, references=references),
-    }
+        complete=not missing,
+        missing=missing,
+        families=families,
+        baselines=references,
+        metric="macro_f1",  # summaries, comparison, ranking and verdicts: Report.build
+    )
 
 
 def _legacy_split(cfg: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""Render a report dict as ONE self-contained HTML file.
+"""Render a report as ONE self-contained HTML file.
 
-The content is :func:`rnntune.report.render.build_document`, the same blocks the Markdown is
+The content is :func:`rnntune.report.document.build_document`, the same blocks the Markdown is
 made of; plots are embedded as base64 PNG ``data:`` URIs and the CSS is inline, so the file
 reads offline and can be mailed or archived as is (no external CSS, JS or fonts).
 
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
-from rnntune.report.render import (
+from rnntune.report.document import (
     Block,
     BulletList,
     Code,
@@ -28,6 +28,7 @@ from rnntune.report.render import (
     Table,
     build_document,
 )
+from rnntune.report.model import Report, as_report
 
 __all__ = ["to_html"]
 
@@ -154,7 +155,7 @@ def _toc(blocks: list[Block]) -> str:
 
 
 def to_html(
-    report: Mapping[str, Any],
+    report: Report | Mapping[str, Any],
     *,
     embed_plots: bool = True,
     images: Mapping[str, bytes] | None = None,
@@ -164,6 +165,7 @@ def to_html(
     ``embed_plots=False`` leaves the plots out (faster, smaller), e.g. for a live status page;
     ``images`` passes plots already rendered (``plots.plot_pngs``) so they are drawn once.
     """
+    report = as_report(report)
     if images is not None:
         images = dict(images)
     elif not embed_plots:

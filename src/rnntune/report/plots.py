@@ -22,13 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rnntune.report.stats import (
-    FAMILY_ORDER,
-    display_family,
-    display_metric,
-    family_values,
-    reference_points,
-)
+from rnntune.names import PLOT_METRICS, display_family, display_metric, ordered_families
+from rnntune.report.stats import family_values, reference_points
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -37,8 +32,6 @@ __all__ = ["make_plots", "plot_alt", "plot_pngs", "running_best"]
 
 logger = logging.getLogger(__name__)
 
-# Metrics drawn in the test-metric plot, in this order, when present.
-_PLOT_METRICS = ("macro_f1", "accuracy", "roc_auc")
 _DPI = 100
 # One colour per family, stable across every plot (matplotlib's default cycle, fixed here).
 _COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
@@ -67,10 +60,7 @@ def plot_alt(name: str) -> str:
 
 
 def _ordered(families: Mapping[str, Any]) -> list[str]:
-    return sorted(
-        families,
-        key=lambda f: (FAMILY_ORDER.index(f) if f in FAMILY_ORDER else len(FAMILY_ORDER), f),
-    )
+    return ordered_families(families)
 
 
 def _colour(families: Mapping[str, Any], family: str) -> str:
@@ -94,7 +84,7 @@ def _test_metrics(report: Mapping[str, Any]) -> Figure | None:
     families = report.get("families") or {}
     names = _ordered(families)
     panels = []
-    for metric in _PLOT_METRICS:
+    for metric in PLOT_METRICS:
         data = {f: list(family_values(families[f], metric).values()) for f in names}
         data = {f: v for f, v in data.items() if v}
         if data:

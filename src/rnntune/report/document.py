@@ -1,20 +1,16 @@
-"""Render a report dict (see ``collect.py``) as JSON, CSV or Markdown.
+"""The report laid out once as a small tree of blocks, which every text format serialises.
 
-Markdown and HTML (``html.py``) must say the same things, so the content is laid out once, by
-:func:`build_document`, as a small tree of blocks (headings, paragraphs, tables, code, images,
-sections); each format only serialises that tree. Everything that exists is rendered even when
-the report is incomplete: a family without repeats or without a best trial says so instead of
-failing.
+Markdown (``markdown.py``) and HTML (``html.py``) must say the same things, so the content is
+laid out once, by :func:`build_document`, as headings, paragraphs, tables, code, images and
+sections; each format only serialises that tree. The numbers and sentences come from the
+:class:`~rnntune.report.model.Report` as they are: nothing here computes a statistic, it only
+formats. Everything that exists is laid out even when the report is incomplete: a family
+without repeats or without a best trial says so instead of failing.
 """
 
 from __future__ import annotations
 
-import csv
-import datetime as _dt
-import io
-import json
 import math
-import pathlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,121 +18,32 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
+from rnntune.names import HEADLINE_METRICS, display_family, display_metric
+from rnntune.report.model import FamilyResult, Repeat, Report, as_report
 from rnntune.report.plots import plot_alt  # matplotlib itself is imported only to draw
-from rnntune.report.stats import (
-    FAMILY_ORDER,
-    compare_families,
-    display_family,
-    display_metric,
-    family_values,
-    family_verdict,
-    ranked_families,
-    reference_points,
-    summarize,
-    verdict,
-)
+from rnntune.report.stats import reference_points
 
-__all__ = ["build_document", "to_csv", "to_json", "to_markdown"]
+__all__ = [
+    "Block",
+    "BulletList",
+    "Code",
+    "CodeGroup",
+    "Heading",
+    "Image",
+    "Paragraph",
+    "Section",
+    "Table",
+    "best_params_line",
+    "build_document",
+]
 
-# The flat metrics of train.classification_metrics: always CSV columns, so the header is the
-# same for a half-finished report as for a finished one.
-KNOWN_METRICS = (
-    "accuracy",
-    "roc_auc",
-    "macro_precision",
-    "macro_recall",
-    "macro_f1",
-    "weighted_precision",
-    "weighted_recall",
-    "weighted_f1",
-    "normal_precision",
-    "normal_recall",
-    "normal_f1",
-    "normal_support",
-    "abnormal_precision",
-    "abnormal_recall",
-    "abnormal_f1",
-    "abnormal_support",
-)
-_CSV_FIXED = ("family", "repeat", "seed", "status", "epochs_trained", "train_seconds")
-_HEADLINE_METRICS = ("macro_f1", "accuracy", "weighted_f1", "roc_auc")
 # A table cell that reads as a number: "0.81 ± 0.01", "+0.03", "[0.1, 0.2]", "< 0.0001", "29.0%".
 _NUMERIC = re.compile(r"^[-+−\[<]?\s*\d")
-
-
-# --------------------------------------------------------------------------- JSON and CSV
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types; non-finite floats become None (JSON has no NaN or Infinity)."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, _dt.datetime | _dt.date):
-        return value.isoformat()
-    if isinstance(value, pathlib.PurePath):
-        return str(value)
-    return value
-
-
-def to_json(report: Mapping[str, Any]) -> str:
-    """The report as indented JSON; NaN and infinities are written as ``null``."""
-    # allow_nan=False: anything non-finite left over is a bug here, not invalid JSON out there.
-    return json.dumps(_jsonable(report), indent=2, allow_nan=False)
 
 
 def _is_number(value: object) -> TypeGuard[float]:
     """A real number (int, float or numpy scalar), not a bool."""
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-
-
-def _csv_value(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return ""
-    return value
-
-
-def _ordered_families(families: Mapping[str, Any]) -> list[str]:
-    return sorted(
-        families,
-        key=lambda f: (FAMILY_ORDER.index(f) if f in FAMILY_ORDER else len(FAMILY_ORDER), f),
-    )
-
-
-def to_csv(report: Mapping[str, Any]) -> str:
-    """One row per (family, repeat): identity, status, training cost, then every metric.
-
-    Columns: family, repeat, seed, status, epochs_trained, train_seconds, then the metric names
-    sorted (the known ones always, plus any other numeric metric present). Floats are written
-    at full precision; missing or non-finite values are empty cells.
-    """
-    families = report.get("families") or {}
-    repeats = [
-        (name, r)
-        for name in _ordered_families(families)
-        for r in sorted(families[name].get("repeats") or [], key=lambda r: r.get("repeat", 0))
-    ]
-    extra = {k for _, r in repeats for k, v in (r.get("metrics") or {}).items() if _is_number(v)}
-    metrics = sorted(set(KNOWN_METRICS) | extra)
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*_CSV_FIXED, *metrics])
-    for name, r in repeats:
-        row = [name] + [_csv_value(r.get(col)) for col in _CSV_FIXED[1:]]
-        row += [_csv_value((r.get("metrics") or {}).get(m)) for m in metrics]
-        writer.writerow(row)
-    return out.getvalue()
 
 
 # --------------------------------------------------------------------------- document model
@@ -366,28 +273,27 @@ def _space_values(dist: Mapping[str, Any]) -> str:
     return text
 
 
-def _tuning(report: Mapping[str, Any], names: Sequence[str]) -> list[Block]:
-    families = report["families"]
-    objective = (report.get("experiment") or {}).get("objective", "objective")
+def _tuning(report: Report) -> list[Block]:
+    families = report.families
+    objective = report.experiment.get("objective", "objective")
     blocks: list[Block] = [Heading(2, "Tuning", "tuning")]
     blocks += [
-        Paragraph(best_params_line(f, families[f].get("best_params")), role="best-params")
-        for f in names
+        Paragraph(best_params_line(f, families[f].best_params), role="best-params")
+        for f in report.order
     ]
     rows = []
-    for f in names:
+    for f in report.order:
         fam = families[f]
-        trials = fam.get("trials") or {}
         rows.append(
             (
                 display_family(f),
-                str(fam.get("study_name") or "n/a"),
+                str(fam.study_name or "n/a"),
                 *(
-                    str(trials.get(k, 0))
+                    str(fam.trials.get(k, 0))
                     for k in ("complete", "pruned", "fail", "running", "waiting")
                 ),
-                str(fam.get("best_trial")) if fam.get("best_trial") is not None else "n/a",
-                _num(fam.get("best_value")),
+                str(fam.best_trial) if fam.best_trial is not None else "n/a",
+                _num(fam.best_value),
             )
         )
     blocks.append(
@@ -410,20 +316,19 @@ def _tuning(report: Mapping[str, Any], names: Sequence[str]) -> list[Block]:
     return blocks
 
 
-def _ledger(report: Mapping[str, Any], names: Sequence[str]) -> list[Block]:
-    families = report["families"]
+def _ledger(report: Report) -> list[Block]:
     rows = []
     totals: dict[str, float] = {}
-    for f in names:
-        fam = families[f]
-        tune = fam.get("tuning_seconds") or {}
-        ev = fam.get("evaluation_seconds") or {}
+    for f in report.order:
+        fam = report.families[f]
+        tune = fam.tuning_seconds
+        ev = fam.evaluation_seconds
         compute = [v for v in (tune.get("compute"), ev.get("compute")) if _is_number(v)]
         total = float(sum(compute)) if compute else math.nan
         if compute:
             totals[f] = total
-        done = sum(1 for r in fam.get("repeats") or [] if r.get("status") == "done")
-        trials = sum((fam.get("trials") or {}).get(k, 0) for k in ("complete", "pruned", "fail"))
+        done = len(fam.done)
+        trials = sum(fam.trials.get(k, 0) for k in ("complete", "pruned", "fail"))
         rows.append(
             (
                 display_family(f),
@@ -473,30 +378,17 @@ def _ledger(report: Mapping[str, Any], names: Sequence[str]) -> list[Block]:
     return blocks
 
 
-def _ranking(report: Mapping[str, Any], metric: str) -> list[Block]:
-    families = report["families"]
-    summaries = dict(ranked_families(families, metric))
-    given = [r for r in report.get("ranking") or [] if r.get("family") in summaries]
-    order = (
-        [(int(r.get("rank", i + 1)), r["family"]) for i, r in enumerate(given)]
-        if given
-        else [(i + 1, f) for i, f in enumerate(summaries)]
-    )
+def _ranking(report: Report) -> list[Block]:
+    metric = report.metric
     rows = tuple(
-        (
-            str(rank),
-            display_family(f),
-            _pm(summaries[f]),
-            _ci(summaries[f]),
-            str(summaries[f]["n"]),
-        )
-        for rank, f in order
+        (str(rank), display_family(f), _pm(summary), _ci(summary), str(summary["n"]))
+        for rank, f, summary in report.ranked
     )
     label = display_metric(metric)
     # The reference points sit in the same table, unranked: one deterministic fit each.
     refs = tuple(
         ("ref.", _reference_label(p), _num((p.get("metrics") or {}).get(metric)), "n/a", "n/a")
-        for p in reference_points(report.get("baselines"))
+        for p in reference_points(report.baselines)
     )
     if not rows:
         return [
@@ -518,10 +410,10 @@ def _reference_label(point: Mapping[str, Any]) -> str:
     return f"{point.get('label', point.get('name', '?'))} (baseline)"
 
 
-def _references(report: Mapping[str, Any]) -> list[Block]:
+def _references(report: Report) -> list[Block]:
     """The reference points on the same test split, with how each was made."""
     blocks: list[Block] = [Heading(3, "Reference points", "reference-points")]
-    refs = report.get("baselines") or {}
+    refs = report.baselines or {}
     points = reference_points(refs)
     if not points:
         blocks.append(
@@ -542,11 +434,11 @@ def _references(report: Mapping[str, Any]) -> list[Block]:
     )
     blocks.append(
         Table(
-            ("Reference point", *(display_metric(m) for m in _HEADLINE_METRICS), "Seconds", "How"),
+            ("Reference point", *(display_metric(m) for m in HEADLINE_METRICS), "Seconds", "How"),
             tuple(
                 (
                     _reference_label(p),
-                    *(_num((p.get("metrics") or {}).get(m)) for m in _HEADLINE_METRICS),
+                    *(_num((p.get("metrics") or {}).get(m)) for m in HEADLINE_METRICS),
                     _seconds(p.get("seconds")),
                     str(p.get("rule", "")),
                 )
@@ -558,13 +450,9 @@ def _references(report: Mapping[str, Any]) -> list[Block]:
     return blocks
 
 
-def _metric_summary(report: Mapping[str, Any], names: Sequence[str]) -> list[Block]:
-    families = report["families"]
-    summaries = {
-        f: {m: summarize(family_values(families[f], m).values()) for m in _HEADLINE_METRICS}
-        for f in names
-    }
-    with_data = [f for f in names if any(s["n"] for s in summaries[f].values())]
+def _metric_summary(report: Report) -> list[Block]:
+    summaries = {f: {m: report.families[f].stat(m) for m in HEADLINE_METRICS} for f in report.order}
+    with_data = [f for f in report.order if any(s["n"] for s in summaries[f].values())]
     if not with_data:
         return []
     rows = tuple(
@@ -572,7 +460,7 @@ def _metric_summary(report: Mapping[str, Any], names: Sequence[str]) -> list[Blo
             display_metric(m),
             *(_pm_ci(summaries[f][m]) for f in with_data),
         )
-        for m in _HEADLINE_METRICS
+        for m in HEADLINE_METRICS
     )
     return [
         Heading(3, "Test metrics", "test-metrics"),
@@ -669,14 +557,10 @@ _CLASS_ROWS = (
 )
 
 
-def _report_table(fam: Mapping[str, Any]) -> Table:
+def _report_table(fam: FamilyResult) -> Table:
     """Mean ± std of each cell of sklearn's classification report over the finished repeats."""
-
-    def s(metric: str) -> dict[str, Any]:
-        return summarize(family_values(fam, metric).values())
-
-    normal, abnormal = family_values(fam, "normal_support"), family_values(fam, "abnormal_support")
-    total = summarize(normal[r] + abnormal[r] for r in sorted(set(normal) & set(abnormal)))
+    s = fam.stat
+    total = fam.support_total
     rows = []
     for label, prefix in _CLASS_ROWS:
         if prefix is None:
@@ -697,45 +581,35 @@ def _report_table(fam: Mapping[str, Any]) -> Table:
     )
 
 
-def _repeat_title(family: str, r: Mapping[str, Any]) -> str:
-    parts = [f"seed {r.get('seed', 'n/a')}"]
-    if r.get("epochs_trained") is not None:
-        parts.append(f"{r['epochs_trained']} epochs")
-    if _is_number(r.get("train_seconds")):
-        parts.append(f"{float(r['train_seconds']):.1f} s")
-    if r.get("status") != "done":
-        parts.append(f"status {r.get('status')}")
-    return f"{display_family(family)} repeat {r.get('repeat', '?')} ({', '.join(parts)})"
+def _repeat_title(family: str, r: Repeat) -> str:
+    parts = [f"seed {r.seed}"]
+    if r.epochs_trained is not None:
+        parts.append(f"{r.epochs_trained} epochs")
+    if _is_number(r.train_seconds):
+        parts.append(f"{float(r.train_seconds):.1f} s")
+    if r.status != "done":
+        parts.append(f"status {r.status}")
+    return f"{display_family(family)} repeat {r.repeat} ({', '.join(parts)})"
 
 
-def _no_report(repeat: Mapping[str, Any]) -> str:
-    if repeat.get("status") == "done":
+def _no_report(repeat: Repeat) -> str:
+    if repeat.status == "done":
         return "(no classification report was recorded)"
-    return f"(no classification report yet: status {repeat.get('status')})"
+    return f"(no classification report yet: status {repeat.status})"
 
 
-def _family_section(
-    report: Mapping[str, Any],
-    family: str,
-    comparison: Mapping[str, Any],
-    metric: str,
-    alpha: float,
-    plots: set[str],
-) -> Section:
-    fam = report["families"][family]
+def _family_section(report: Report, family: str, plots: set[str]) -> Section:
+    fam = report.families[family]
     name = display_family(family)
     children: list[Block] = [
-        Heading(2, f"{name} ({fam.get('study_name') or 'no study yet'})", f"family-{family}"),
-        Paragraph(best_params_line(family, fam.get("best_params")), role="best-params"),
-        Paragraph(
-            family_verdict(family, report["families"], comparison, metric, alpha),
-            role="family-verdict",
-        ),
+        Heading(2, f"{name} ({fam.study_name or 'no study yet'})", f"family-{family}"),
+        Paragraph(best_params_line(family, fam.best_params), role="best-params"),
+        Paragraph(fam.verdict, role="family-verdict"),
     ]
-    repeats = sorted(fam.get("repeats") or [], key=lambda r: r.get("repeat", 0))
-    done = [r for r in repeats if r.get("status") == "done"]
+    repeats = fam.by_repeat
+    done = fam.done
     if done:
-        auc = summarize(family_values(fam, "roc_auc").values())
+        auc = fam.stat("roc_auc")
         children += [
             Heading(
                 3,
@@ -761,10 +635,7 @@ def _family_section(
             Heading(3, f"{name}: classification report per repeat", f"family-{family}-repeats"),
             CodeGroup(
                 tuple(
-                    Code(
-                        _repeat_title(family, r),
-                        r.get("classification_report") or _no_report(r),
-                    )
+                    Code(_repeat_title(family, r), r.classification_report or _no_report(r))
                     for r in repeats
                 )
             ),
@@ -772,30 +643,18 @@ def _family_section(
     return Section("family", tuple(children), family=family, anchor=f"section-{family}")
 
 
-def _comparison_of(report: Mapping[str, Any]) -> tuple[dict[str, Any], str, float]:
-    """The report's comparison, or one computed here if the report carries none."""
-    comparison = report.get("comparison") or {}
-    if "pairs" not in comparison:
-        comparison = compare_families(report.get("families") or {})
-    return dict(comparison), comparison.get("metric", "macro_f1"), comparison.get("alpha", 0.05)
-
-
-def build_document(report: Mapping[str, Any], plots: Sequence[str] = ()) -> list[Block]:
+def build_document(report: Report | Mapping[str, Any], plots: Sequence[str] = ()) -> list[Block]:
     """Lay out the report as blocks; ``plots`` names the plots available to embed or link."""
-    families = report.get("families") or {}
-    names = _ordered_families(families)
-    comparison, metric, alpha = _comparison_of(report)
-    sentence = report.get("verdict") or verdict(
-        families, comparison, metric, alpha, references=report.get("baselines")
-    )
-    exp = report.get("experiment") or {}
+    rep = as_report(report)
+    sentence = rep.verdict
+    exp = rep.experiment
     available = set(plots)
     placed: set[str] = set()
 
     doc = _Doc()
     doc.add(Heading(1, f"rnntune report: {exp.get('name', 'experiment')}", "top"))
-    if not report.get("complete", True):
-        missing = tuple(str(m) for m in report.get("missing") or []) or ("(not specified)",)
+    if not rep.complete:
+        missing = tuple(rep.missing) or ("(not specified)",)
         doc.add(
             Section(
                 "incomplete",
@@ -812,96 +671,23 @@ def build_document(report: Mapping[str, Any], plots: Sequence[str] = ()) -> list
         )
     doc.add(Paragraph(sentence, label="Verdict:", role="verdict", anchor="verdict"))
     doc.add(*_experiment(exp))
-    doc.add(*_tuning(report, names))
-    doc.add(*_ledger(report, names))
+    doc.add(*_tuning(rep))
+    doc.add(*_ledger(rep))
     doc.add(Heading(2, "Results on the test set", "results"))
-    doc.add(*_ranking(report, metric))
-    doc.add(*_references(report))
-    doc.add(*_metric_summary(report, names))
+    doc.add(*_ranking(rep))
+    doc.add(*_references(rep))
+    doc.add(*_metric_summary(rep))
     for plot in ("test_metrics", "confusion_matrices"):
         if plot in available:
             doc.add(Image(plot, plot_alt(plot)))
             placed.add(plot)
-    doc.add(*_comparison(comparison))
+    doc.add(*_comparison(rep.comparison))
     doc.add(Paragraph(sentence, label="Verdict:", role="verdict-repeat"))
-    for f in names:
-        section = _family_section(report, f, comparison, metric, alpha, available)
+    for f in rep.order:
+        section = _family_section(rep, f, available)
         placed |= {b.name for b in section.children if isinstance(b, Image)}
         doc.add(section)
     others = [p for p in plots if p not in placed]
     if others:
         doc.add(Heading(2, "Other plots", "other-plots"), *(Image(p, plot_alt(p)) for p in others))
     return doc.blocks
-
-
-# --------------------------------------------------------------------------- Markdown
-
-
-_MD_TAG = re.compile(r"<(?=[A-Za-z/!?])")
-
-
-def _md_text(text: str) -> str:
-    """Text from the report, safe in Markdown: a ``<`` that could open raw HTML is escaped."""
-    return _MD_TAG.sub(r"\\<", text)
-
-
-def _md_cell(text: str) -> str:
-    return _md_text(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_align(table: Table) -> str:
-    """Right-align the columns whose cells are all numbers, left-align the rest."""
-    return "|" + "|".join("---:" if num else "---" for num in table.numeric_columns()) + "|"
-
-
-def _md_fence(text: str) -> str:
-    fence = "```"
-    while fence in text:
-        fence += "`"
-    return fence
-
-
-def _md_block(block: Block, plot_files: Mapping[str, str]) -> list[str]:
-    if isinstance(block, Heading):
-        return ["#" * block.level + " " + _md_text(block.text), ""]
-    if isinstance(block, Paragraph):
-        prefix = f"**{block.label}** " if block.label else ""
-        return [f"{prefix}{_md_text(block.text)}", ""]
-    if isinstance(block, BulletList):
-        return [*(f"- {_md_text(item)}" for item in block.items), ""]
-    if isinstance(block, Table):
-        lines = [
-            "| " + " | ".join(_md_cell(h) for h in block.header) + " |",
-            _md_align(block),
-        ]
-        lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
-        return [*lines, ""]
-    if isinstance(block, Code):
-        fence = _md_fence(block.text)
-        return [f"**{block.title}**", "", fence, block.text.rstrip("\n"), fence, ""]
-    if isinstance(block, CodeGroup):
-        return [line for item in block.items for line in _md_block(item, plot_files)]
-    if isinstance(block, Image):
-        path = plot_files.get(block.name)
-        if path is None:
-            return []
-        target = pathlib.PurePath(path).as_posix()
-        if " " in target:  # CommonMark: a destination with spaces must be in <...>
-            target = f"<{target}>"
-        return [f"![{block.alt}]({target})", ""]
-    if isinstance(block, Section):
-        return [line for child in block.children for line in _md_block(child, plot_files)]
-    raise TypeError(f"unknown block {block!r}")
-
-
-def to_markdown(report: Mapping[str, Any], plot_files: Mapping[str, str] | None = None) -> str:
-    """The report as Markdown (GitHub flavour).
-
-    ``plot_files`` maps plot names (from ``plots.make_plots``) to image paths; they are linked
-    as written, so pass paths relative to where the Markdown file will live.
-    """
-    plot_files = dict(plot_files or {})
-    lines: list[str] = []
-    for block in build_document(report, list(plot_files)):
-        lines += _md_block(block, plot_files)
-    return "\n".join(lines).rstrip("\n") + "\n"

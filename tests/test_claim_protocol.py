@@ -34,7 +34,7 @@ from rnntune.storage import (
     session_scope,
 )
 from rnntune.worker import Worker
-from rnntune.worker_registry import boot_id, dead_peers, pid_namespace
+from rnntune.worker_registry import boot_id, dead_peers, pid_namespace, record_beat, retire_silent
 from tests.conftest import TINY_DATA
 from tests.helpers import rnntune
 
@@ -405,6 +405,42 @@ def test_only_a_worker_in_this_kernel_and_pid_namespace_is_judged_by_its_pid(
     assert dead_peers(st.engine, exp.id, w.identity) == {"same-ns-dead"}
     w.identity.boot_id = None  # this reader has no /proc: it judges nobody
     assert dead_peers(st.engine, exp.id, w.identity) == set()
+
+
+def test_rows_of_workers_silent_past_the_grace_period_are_retired(storage_url: str) -> None:
+    """L10: a SIGKILLed worker's row stayed `running` for ever and every claim examined it
+    again. Silent past the grace period (database clock) it is now `lost`; a worker that was
+    only paused is `running` again with its next beat."""
+    st, exp, _ = setup(storage_url)
+    now = state.database_now(st.engine)
+    ages = {"fresh": 1, "just-inside": 25, "silent": 31, "long-gone": 86_400}
+    with session_scope(st.engine) as s:
+        for wid, age in ages.items():
+            s.add(
+                WorkerRow(
+                    id=wid,
+                    experiment_id=exp.id,
+                    hostname="h",
+                    pid=1,
+                    process_token="x:1",
+                    status="running",
+                    heartbeat_at=now - timedelta(seconds=age),
+                    trials_done=0,
+                    repeats_done=0,
+                )
+            )
+    assert retire_silent(st.engine, exp.id, grace_period=30) == 2
+    assert retire_silent(st.engine, exp.id, grace_period=30) == 0  # once only
+
+    def statuses() -> dict[str, str]:
+        with session_scope(st.engine) as s:
+            return dict(s.execute(select(WorkerRow.id, WorkerRow.status)).all())
+
+    assert statuses() == {
+        "fresh": "running", "just-inside": "running", "silent": "lost", "long-gone": "lost"
+    }  # fmt: skip
+    record_beat(st.engine, "silent", stopping=False, task="t", trials=0, repeats=0)
+    assert statuses()["silent"] == "running"
 
 
 # -- M4: one policy per experiment --------------------------------------------------------------

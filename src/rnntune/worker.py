@@ -68,6 +68,7 @@ from rnntune.worker_registry import (
     process_token,
     record_beat,
     register,
+    retire_silent,
 )
 
 __all__ = [
@@ -409,6 +410,10 @@ class PullLoop:
             trials=self.summary.trials,
             repeats=self.summary.repeats,
         )
+        # Each beat also retires the rows of peers silent past the grace period (one UPDATE).
+        grace = self.runtime.grace_period
+        assert grace is not None  # resolved from the experiment when the worker attached
+        retire_silent(self.engine, self.exp.id, grace)
 
     def _set_task(
         self, task: str, trial_id: int | None = None, job_ids: list[int] | None = None

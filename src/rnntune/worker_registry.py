@@ -1,5 +1,5 @@
 """The worker table: who a worker process is, and the SQL that registers it, beats for it,
-marks it stopped and finds its dead peers.
+marks it stopped, retires the rows of workers gone silent, and finds its dead peers.
 
 Informational for people (`rnntune status`), and a fast path for claims: a peer known dead
 need not wait out the grace period (see :func:`dead_peers`).
@@ -12,10 +12,12 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
+from rnntune.state import database_now
 from rnntune.storage import WorkerRow, db_now, session_scope, utcnow
 
 __all__ = [
@@ -27,7 +29,11 @@ __all__ = [
     "process_token",
     "record_beat",
     "register",
+    "retire_silent",
 ]
+
+#: A row in one of these is a worker that may still hold claims.
+LIVE = ("starting", "running", "stopping")
 
 
 def boot_id() -> str | None:
@@ -158,7 +164,31 @@ def dead_peers(engine: Engine, experiment_id: int, me: Identity) -> set[str]:
                 WorkerRow.pid_namespace == me.pid_namespace,
                 WorkerRow.id != me.worker_id,
                 # A worker that stopped cleanly handed its claims back; skip it.
-                WorkerRow.status.in_(("starting", "running", "stopping")),
+                WorkerRow.status.in_(LIVE),
             )
         ).all()
     return {wid for wid, pid, token in rows if token and process_token(pid) != token}
+
+
+def retire_silent(engine: Engine, experiment_id: int, grace_period: float) -> int:
+    """Mark ``lost`` the rows of this experiment's workers silent for longer than
+    ``grace_period`` (database clock); returns how many.
+
+    A SIGKILLed worker never marks itself stopped, so without this its row would stay
+    ``running`` for ever, to be examined again by every claim (review L10). Silent past the
+    grace period it is dead by the heartbeat rule already, and every claim it held is stale by
+    the same rule, so nothing waits on its row. A worker that was only paused writes
+    ``running`` again with its next beat (:func:`record_beat`).
+    """
+    silent_since = database_now(engine) - timedelta(seconds=grace_period)
+    with session_scope(engine) as s:
+        done = s.execute(
+            update(WorkerRow)
+            .where(
+                WorkerRow.experiment_id == experiment_id,
+                WorkerRow.status.in_(LIVE),
+                WorkerRow.heartbeat_at < silent_since,
+            )
+            .values(status="lost", task=None, stopped_at=db_now())
+        )
+        return int(getattr(done, "rowcount", 0) or 0)

@@ -32,7 +32,7 @@ def worker(url: str, trials: int, index: int, errors: mp.Queue, counts: mp.Queue
 
     from rnntune import tuning
     from rnntune.config import build
-    from rnntune.storage import open_optuna_storage
+    from rnntune.storage import StorageRole, open_optuna_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     import warnings
@@ -40,7 +40,7 @@ def worker(url: str, trials: int, index: int, errors: mp.Queue, counts: mp.Queue
     warnings.simplefilter("ignore")
     done = 0
     try:
-        st = open_optuna_storage(url, heartbeat_interval=2, grace_period=30)
+        st = open_optuna_storage(url, StorageRole.WORK, heartbeat_interval=2, grace_period=30)
         cfg = build({"trials": trials, "name": "bench"})
         studies = {
             f: optuna.load_study(
@@ -89,10 +89,10 @@ def main() -> None:
 
     from rnntune.config import build
     from rnntune.experiment import _create_studies
-    from rnntune.storage import open_optuna_storage
+    from rnntune.storage import StorageRole, open_optuna_storage
 
     with fresh_postgres() as url:
-        st = open_optuna_storage(url, create_tables=True)
+        st = open_optuna_storage(url, StorageRole.MIGRATE)
         _create_studies(st, build({"trials": args.trials, "name": "bench"}))
         db = url.rsplit("/", 1)[1]
         probe = create_engine(url.rsplit("/", 1)[0] + "/postgres", pool_size=1)

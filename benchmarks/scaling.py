@@ -27,7 +27,7 @@ import optuna  # noqa: E402
 from _common import fresh_postgres, fresh_sqlite  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from rnntune.storage import open_optuna_storage  # noqa: E402
+from rnntune.storage import StorageRole, open_optuna_storage  # noqa: E402
 
 SPACE = """
 [experiment]
@@ -99,7 +99,7 @@ def run_case(url: str, workers: int, args: argparse.Namespace, tmp: Path) -> dic
         m = re.search(r"storage ([0-9.]+)% of trial time", err)
         if m:
             shares.append(float(m.group(1)))
-    st = open_optuna_storage(url, read_only=True)
+    st = open_optuna_storage(url, StorageRole.WORK)
     trials = []
     for family in ("gru", "lstm"):
         study = optuna.load_study(study_name=f"default.{family}", storage=st)

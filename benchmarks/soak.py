@@ -178,9 +178,9 @@ class Run:
             out["duplicates"] += max(0, n - self.trials)
         from rnntune import state
         from rnntune.experiment import find_or_raise_by_name
-        from rnntune.storage import open_optuna_storage
+        from rnntune.storage import StorageRole, open_optuna_storage
 
-        st = open_optuna_storage(self.url, read_only=True, reader=True)
+        st = open_optuna_storage(self.url, StorageRole.READ)
         try:
             exp = find_or_raise_by_name(st.engine, "default")
             runs = state.eval_runs(st.engine, exp)

@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 
 from rnntune import evaluation
 from rnntune.experiment import find_or_raise_by_name
-from rnntune.storage import open_optuna_storage
+from rnntune.storage import StorageRole, open_optuna_storage
 
 FAST = ["--heartbeat-interval", "1", "--grace-period", "4"]
 FAMILIES = ("rnn", "gru", "lstm")
@@ -237,7 +237,7 @@ def fork_cli(
 
 # -- reading the database ----------------------------------------------------------------------
 def trials(url: str, family: str, experiment: str = "default") -> list[optuna.trial.FrozenTrial]:
-    st = open_optuna_storage(url, read_only=True, reader=True)
+    st = open_optuna_storage(url, StorageRole.READ)
     try:
         return optuna.load_study(study_name=f"{experiment}.{family}", storage=st).get_trials()
     finally:
@@ -289,7 +289,7 @@ def running_trials(url: str, min_epochs: int = 1, experiment: str = "default") -
 
 def assert_exact(url: str, budget: int, repeats: int, experiment: str = "default") -> dict:
     """Exactly ``budget`` finished trials per family, nothing live left, each repeat once."""
-    st = open_optuna_storage(url, read_only=True, reader=True)
+    st = open_optuna_storage(url, StorageRole.READ)
     exp = find_or_raise_by_name(st.engine, experiment)
     out: dict[str, Any] = {}
     for family in exp.config.families:

@@ -26,13 +26,15 @@ from rnntune.experiment import Experiment, find_or_raise_by_name, load_data, reg
 from rnntune.progress import read as read_progress
 from rnntune.storage import (
     EvaluationRunRow,
+    StorageRole,
     WorkerRow,
     exclusive,
     load_study,
     open_optuna_storage,
     session_scope,
 )
-from rnntune.worker import Worker, boot_id, pid_namespace
+from rnntune.worker import Worker
+from rnntune.worker_registry import boot_id, dead_peers, pid_namespace, record_beat, retire_silent
 from tests.conftest import TINY_DATA
 from tests.helpers import rnntune
 
@@ -45,7 +47,7 @@ def arm(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
 
 
 def setup(url: str, trials: int = 2, repeats: int = 1) -> tuple[Any, Experiment, optuna.Study]:
-    st = open_optuna_storage(url, create_tables=True)
+    st = open_optuna_storage(url, StorageRole.MIGRATE)
     exp, _ = register(
         st,
         {
@@ -250,7 +252,7 @@ def test_an_unwritable_artifact_directory_is_a_worker_fault_at_start_up(
     w = Worker(storage_url, "t", rt, install_signal_handlers=False)
     with pytest.raises(WorkerFaultError, match="cannot write to the artifact directory"):
         w.run()
-    st = open_optuna_storage(storage_url, read_only=True, reader=True)
+    st = open_optuna_storage(storage_url, StorageRole.READ)
     assert load_study(st, "t.gru").get_trials() == []
 
 
@@ -399,11 +401,46 @@ def test_only_a_worker_in_this_kernel_and_pid_namespace_is_judged_by_its_pid(
                 )
             )
     w = Worker(storage_url, "t", Runtime(storage=storage_url), install_signal_handlers=False)
-    w.hostname = "same-hostname"
-    w.engine, w.exp = st.engine, exp
-    assert w.dead_workers() == {"same-ns-dead"}
-    w.boot_id = None  # this reader has no /proc: it judges nobody
-    assert w.dead_workers() == set()
+    w.identity.hostname = "same-hostname"
+    assert dead_peers(st.engine, exp.id, w.identity) == {"same-ns-dead"}
+    w.identity.boot_id = None  # this reader has no /proc: it judges nobody
+    assert dead_peers(st.engine, exp.id, w.identity) == set()
+
+
+def test_rows_of_workers_silent_past_the_grace_period_are_retired(storage_url: str) -> None:
+    """L10: a SIGKILLed worker's row stayed `running` for ever and every claim examined it
+    again. Silent past the grace period (database clock) it is now `lost`; a worker that was
+    only paused is `running` again with its next beat."""
+    st, exp, _ = setup(storage_url)
+    now = state.database_now(st.engine)
+    ages = {"fresh": 1, "just-inside": 25, "silent": 31, "long-gone": 86_400}
+    with session_scope(st.engine) as s:
+        for wid, age in ages.items():
+            s.add(
+                WorkerRow(
+                    id=wid,
+                    experiment_id=exp.id,
+                    hostname="h",
+                    pid=1,
+                    process_token="x:1",
+                    status="running",
+                    heartbeat_at=now - timedelta(seconds=age),
+                    trials_done=0,
+                    repeats_done=0,
+                )
+            )
+    assert retire_silent(st.engine, exp.id, grace_period=30) == 2
+    assert retire_silent(st.engine, exp.id, grace_period=30) == 0  # once only
+
+    def statuses() -> dict[str, str]:
+        with session_scope(st.engine) as s:
+            return dict(s.execute(select(WorkerRow.id, WorkerRow.status)).all())
+
+    assert statuses() == {
+        "fresh": "running", "just-inside": "running", "silent": "lost", "long-gone": "lost"
+    }  # fmt: skip
+    record_beat(st.engine, "silent", stopping=False, task="t", trials=0, repeats=0)
+    assert statuses()["silent"] == "running"
 
 
 # -- M4: one policy per experiment --------------------------------------------------------------

@@ -76,7 +76,7 @@ def test_init_is_idempotent_and_refuses_a_changed_config(tmp_path: Path) -> None
 
 def test_precedence_cli_over_env_over_file_over_default(tmp_path: Path) -> None:
     from rnntune.experiment import find_by_name
-    from rnntune.storage import open_optuna_storage
+    from rnntune.storage import StorageRole, open_optuna_storage
 
     cfg = tmp_path / "exp.toml"
     cfg.write_text("[experiment]\ntrials = 7\nrepeats = 4\nmax_epochs = 3\n")
@@ -97,7 +97,7 @@ def test_precedence_cli_over_env_over_file_over_default(tmp_path: Path) -> None:
         env={"RNNTUNE_TRIALS": "8", "RNNTUNE_REPEATS": "5"},
     )
     assert r.exit_code == 0, r.output
-    exp = find_by_name(open_optuna_storage(db).engine, "default")
+    exp = find_by_name(open_optuna_storage(db, StorageRole.WORK).engine, "default")
     assert exp is not None
     c = exp.config
     assert c.trials == 9  # CLI beats env and file
@@ -120,7 +120,7 @@ def test_bad_config_file(tmp_path: Path) -> None:
 
 def test_search_space_from_file_is_stored(tmp_path: Path) -> None:
     from rnntune.experiment import find_by_name
-    from rnntune.storage import open_optuna_storage
+    from rnntune.storage import StorageRole, open_optuna_storage
 
     cfg = tmp_path / "space.toml"
     cfg.write_text(
@@ -133,7 +133,9 @@ def test_search_space_from_file_is_stored(tmp_path: Path) -> None:
     )
     r = _init(tmp_path, "--config", str(cfg))
     assert r.exit_code == 0, r.output
-    exp = find_by_name(open_optuna_storage(f"sqlite:///{tmp_path / 'cli.db'}").engine, "default")
+    exp = find_by_name(
+        open_optuna_storage(f"sqlite:///{tmp_path / 'cli.db'}", StorageRole.WORK).engine, "default"
+    )
     assert exp is not None
     assert set(exp.config.search_space) == {
         "hidden_size",

@@ -12,7 +12,7 @@ import pytest
 
 from rnntune import ensemble, evaluation, faults, state
 from rnntune.experiment import Experiment, register
-from rnntune.storage import open_optuna_storage
+from rnntune.storage import StorageRole, open_optuna_storage
 from tests.conftest import TINY_DATA
 from tests.helpers import rnntune
 
@@ -20,7 +20,7 @@ GRACE = 10
 
 
 def setup(url: str, repeats: int, families: list[str]) -> tuple[Any, Experiment]:
-    st = open_optuna_storage(url, create_tables=True)
+    st = open_optuna_storage(url, StorageRole.MIGRATE)
     exp, _ = register(
         st,
         {
@@ -186,7 +186,7 @@ def test_a_killed_group_is_reclaimed_and_resumed_each_repeat_once(
     killed = rnntune("worker", *worker, cwd=tmp_path, env=_worker_env(tmp_path, point), check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert point.split("=")[0] in (tmp_path / "faults.log").read_text()
-    st = open_optuna_storage(storage_url)
+    st = open_optuna_storage(storage_url, StorageRole.WORK)
     from rnntune.experiment import find_or_raise_by_name
 
     exp = find_or_raise_by_name(st.engine, "g")

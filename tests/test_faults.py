@@ -39,7 +39,7 @@ from optuna.trial import TrialState
 
 from rnntune import faults
 from rnntune.experiment import find_or_raise_by_name
-from rnntune.storage import open_optuna_storage
+from rnntune.storage import StorageRole, open_optuna_storage
 from tests.helpers import (
     FAST,
     Forked,
@@ -455,7 +455,7 @@ def check_status_and_report(url: str, report_json: Path | None, res: dict[str, A
 def check_published(url: str) -> None:
     """After a fault in the final export and a rerun: every study carries the report once, and
     its summary attributes; the experiment is marked finished."""
-    st = open_optuna_storage(url, read_only=True, reader=True)
+    st = open_optuna_storage(url, StorageRole.READ)
     try:
         exp = find_or_raise_by_name(st.engine, "default")
         assert exp.finished_at is not None and exp.report_path

@@ -28,13 +28,19 @@ from rnntune.experiment import Experiment, register
 from rnntune.publish import FINAL_ATTR, publish_repeat_progress
 from rnntune.report import stats
 from rnntune.report.plots import running_best
-from rnntune.storage import EvaluationRunRow, load_study, open_optuna_storage, session_scope
+from rnntune.storage import (
+    EvaluationRunRow,
+    StorageRole,
+    load_study,
+    open_optuna_storage,
+    session_scope,
+)
 from tests.conftest import TINY_DATA
 from tests.helpers import FAST, rnntune
 
 
 def _register(url: str, **explicit: Any) -> tuple[Any, Experiment]:
-    st = open_optuna_storage(url, create_tables=True)
+    st = open_optuna_storage(url, StorageRole.MIGRATE)
     exp, _ = register(st, {"name": "default", "data": TINY_DATA, **explicit})
     return st, exp
 

@@ -26,7 +26,7 @@ from rnntune.dashboard import make_app
 from rnntune.experiment import find_or_raise_by_name
 from rnntune.report import stats, verdict
 from rnntune.runner import finalize
-from rnntune.storage import open_optuna_storage
+from rnntune.storage import StorageRole, open_optuna_storage
 from tests.conftest import TINY_DATA, fresh_pg_database
 from tests.helpers import FAST, rnntune
 
@@ -51,7 +51,7 @@ class Finished:
     def study(self, family: str) -> optuna.Study:
         return optuna.load_study(
             study_name=f"default.{family}",
-            storage=open_optuna_storage(self.url, read_only=True, reader=True),
+            storage=open_optuna_storage(self.url, StorageRole.READ),
         )
 
     def report(self) -> dict[str, Any]:
@@ -154,7 +154,7 @@ def test_each_study_has_a_note_with_its_family_verdict(finished: Finished) -> No
 def test_exporting_again_updates_the_artifacts_in_place(finished: Finished) -> None:
     """A rerun of the final job (as `rnntune evaluate` does) adds no second report.html."""
     before = {f: _by_name(finished.study(f)) for f in FAMILIES}
-    storage = open_optuna_storage(finished.url)
+    storage = open_optuna_storage(finished.url, StorageRole.WORK)
     try:
         exp = find_or_raise_by_name(storage.engine, "default")
         # A different device string changes report.html: the stored artifact must follow it.
@@ -207,7 +207,7 @@ def test_a_report_deleted_in_the_dashboard_comes_back_on_the_next_export(
     listed = json.loads(_wsgi(app, "GET", f"/api/studies/{study_id}")[1])["artifacts"]
     assert "report.html" not in [a["filename"] for a in listed]
 
-    storage = open_optuna_storage(finished.url)
+    storage = open_optuna_storage(finished.url, StorageRole.WORK)
     try:
         exp = find_or_raise_by_name(storage.engine, "default")
         _report, paths = finalize(storage, exp, finished.reports, str(finished.artifacts))

@@ -15,7 +15,7 @@ from rnntune.config import ExperimentConfig, build
 from rnntune.exceptions import ConfigError
 from rnntune.experiment import load_data
 from rnntune.models import ModelConfig, RecurrentClassifier
-from rnntune.storage import EvaluationRunRow, open_optuna_storage, session_scope
+from rnntune.storage import EvaluationRunRow, StorageRole, open_optuna_storage, session_scope
 from rnntune.train import classification_metrics, fit, model_and_train_config, predict_proba
 from tests.conftest import TINY_DATA
 from tests.helpers import rnntune
@@ -95,7 +95,7 @@ def test_a_mean_readout_trial_carries_into_the_repeats(tmp_path: Path) -> None:
     assert fam["best_params"]["readout"] == "mean"
     assert all(t["params"]["readout"] == "mean" for t in fam["history"])
     assert fam["trials"]["complete"] + fam["trials"]["pruned"] == 2
-    storage = open_optuna_storage(url, read_only=True, reader=True)
+    storage = open_optuna_storage(url, StorageRole.READ)
     with session_scope(storage.engine) as s:
         rows = list(s.scalars(select(EvaluationRunRow).order_by(EvaluationRunRow.repeat)))
         stored = [(r.params, r.seed, r.metrics) for r in rows]

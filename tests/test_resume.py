@@ -13,7 +13,7 @@ import pytest
 
 from rnntune import evaluation
 from rnntune.experiment import find_or_raise_by_name
-from rnntune.storage import open_optuna_storage
+from rnntune.storage import StorageRole, open_optuna_storage
 from tests.helpers import FAST, assert_exact, finished, kill, output, rnntune, spawn, wait_for
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,7 @@ def _start(url: str, cwd: Path, pause_at: str) -> object:
 
 
 def _repeats_done(url: str) -> int:
-    st = open_optuna_storage(url, read_only=True)
+    st = open_optuna_storage(url, StorageRole.WORK)
     try:
         exp = find_or_raise_by_name(st.engine, "default")
         return sum(c.done for c in evaluation.progress(st.engine, exp).values())

@@ -10,6 +10,7 @@ from sqlalchemy import inspect
 
 from rnntune.exceptions import ConfigError, StorageError
 from rnntune.storage import (
+    StorageRole,
     current_revision,
     exclusive,
     head_revision,
@@ -55,17 +56,17 @@ def test_mask_url_hides_password() -> None:
 
 def test_missing_sqlite_file_says_run_init(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="run `rnntune init`"):
-        open_optuna_storage(f"sqlite:///{tmp_path / 'none.db'}")
+        open_optuna_storage(f"sqlite:///{tmp_path / 'none.db'}", StorageRole.WORK)
     assert not (tmp_path / "none.db").exists()
 
 
 def test_unreachable_postgres_is_one_clear_error() -> None:
     with pytest.raises(StorageError, match="cannot open the study database"):
-        open_optuna_storage("postgresql://nobody@127.0.0.1:1/nothing", create_tables=True)
+        open_optuna_storage("postgresql://nobody@127.0.0.1:1/nothing", StorageRole.MIGRATE)
 
 
 def test_migrations_are_idempotent_and_versioned_apart(storage_url: str) -> None:
-    st = open_optuna_storage(storage_url, create_tables=True)
+    st = open_optuna_storage(storage_url, StorageRole.MIGRATE)
     assert current_revision(st.engine) is None
     upgrade(st.engine)
     upgrade(st.engine)
@@ -78,7 +79,7 @@ def test_migrations_are_idempotent_and_versioned_apart(storage_url: str) -> None
 
 
 def _count_under_lock(url: str, counter: str, n: int) -> None:
-    st = open_optuna_storage(url)
+    st = open_optuna_storage(url, StorageRole.WORK)
     for _ in range(n):
         with exclusive(st.engine, "test:counter"):
             p = Path(counter)
@@ -91,7 +92,7 @@ def _count_under_lock(url: str, counter: str, n: int) -> None:
 
 
 def test_exclusive_lock_excludes_across_processes(storage_url: str, tmp_path: Path) -> None:
-    st = open_optuna_storage(storage_url, create_tables=True)
+    st = open_optuna_storage(storage_url, StorageRole.MIGRATE)
     upgrade(st.engine)
     counter = tmp_path / "counter"
     counter.write_text("0")

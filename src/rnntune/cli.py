@@ -22,7 +22,7 @@ from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import OperationalError
 
 from rnntune import config as config_mod
-from rnntune.exceptions import ConfigError, RnntuneError
+from rnntune.exceptions import ConfigError, RnntuneError, first_line
 from rnntune.storage import DEFAULT_STORAGE
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -201,9 +201,8 @@ def handle_errors(f: Callable) -> Callable:
         except (OperationalError, StorageInternalError) as e:
             # The database went away under a library call that does not wrap its errors
             # (Optuna's storage, a migration): the same clear line as StorageError.
-            first = str(getattr(e, "orig", None) or e).strip().splitlines()
             raise click.ClickException(
-                f"lost the study database ({first[0] if first else type(e).__name__}): check "
+                f"lost the study database ({first_line(e)}): check "
                 "that it is running and reachable, then rerun the command (finished work is "
                 "stored)"
             ) from e
@@ -452,7 +451,7 @@ def report(storage: str, experiment: str, fmt: str, out: str | None, open_browse
     """
     from rnntune.experiment import find_or_raise_by_name
     from rnntune.report import build_report, render, write
-    from rnntune.storage import check_schema, open_optuna_storage
+    from rnntune.storage import StorageRole, check_schema, open_optuna_storage
 
     if out:
         config_mod.check_writable_dir(Path(out).parent, "--out's directory")
@@ -461,7 +460,7 @@ def report(storage: str, experiment: str, fmt: str, out: str | None, open_browse
         raise click.UsageError(
             f"--open shows the HTML report, not --format {fmt}; drop --format or use html"
         )
-    st = open_optuna_storage(storage, read_only=True, reader=True)
+    st = open_optuna_storage(storage, StorageRole.READ)
     check_schema(st.engine)  # an Optuna database without rnntune's tables: say so
     exp = find_or_raise_by_name(st.engine, experiment)
     rep = build_report(st, exp)
@@ -513,9 +512,9 @@ def status(storage: str, experiment: str, watch: bool, interval: float) -> None:
     """
     from rnntune import progress as progress_mod
     from rnntune.experiment import find_or_raise_by_name
-    from rnntune.storage import check_schema, open_optuna_storage
+    from rnntune.storage import StorageRole, check_schema, open_optuna_storage
 
-    st = open_optuna_storage(storage, read_only=True, reader=True)
+    st = open_optuna_storage(storage, StorageRole.READ)
     check_schema(st.engine)  # an Optuna database without rnntune's tables: say so
     exp = find_or_raise_by_name(st.engine, experiment)
     from rnntune import live as live_mod

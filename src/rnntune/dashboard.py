@@ -34,7 +34,7 @@ from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 from rnntune.config import DEFAULT_DASHBOARD_HOST as DEFAULT_HOST
 from rnntune.config import DEFAULT_DASHBOARD_PORT as DEFAULT_PORT
 from rnntune.exceptions import ConfigError
-from rnntune.storage import artifact_store, open_optuna_storage, storage_from_env
+from rnntune.storage import StorageRole, artifact_store, open_optuna_storage, storage_from_env
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -98,7 +98,9 @@ def make_app(
     Raises rnntune's StorageError (with the fix in its message) when the database is unreachable
     or has no Optuna schema yet.
     """
-    storage = open_optuna_storage(storage_url, read_only=True)
+    # WORK, not READ: with --allow-writes the dashboard writes notes; on SQLite it then queues
+    # behind workers like any writer.
+    storage = open_optuna_storage(storage_url, StorageRole.WORK)
     store = artifact_store(artifacts_dir) if artifacts_dir else None
     app: WSGIApp = optuna_dashboard.wsgi(storage, artifact_store=store)
     return guard(app, allow_writes=allow_writes, allowed_hosts=allowed_hosts)
@@ -168,7 +170,7 @@ def serve(
     The storage is opened once here first, so a wrong URL or an uninitialised database is one
     error in the caller instead of a crash loop in every gunicorn worker.
     """
-    probe = open_optuna_storage(storage_url, read_only=True)
+    probe = open_optuna_storage(storage_url, StorageRole.WORK)
     probe.engine.dispose()  # the workers open their own engines after the fork
     if artifacts_dir:
         artifact_store(artifacts_dir)

@@ -17,6 +17,9 @@ __all__ = [
     "TrainingError",
     "WorkerFaultError",
     "Interrupted",
+    "DatabaseUnavailableError",
+    "first_line",
+    "error_reason",
 ]
 
 
@@ -34,6 +37,14 @@ class DataError(RnntuneError):
 
 class StorageError(RnntuneError):
     """The study database cannot be reached or is in a bad state."""
+
+
+class DatabaseUnavailableError(StorageError):
+    """The study database stopped answering (a restart, a network cut): worth waiting out.
+
+    Told apart from other StorageErrors by its type, never by its message: a worker's retry
+    loop waits these out and gives up on every other StorageError at once.
+    """
 
 
 class ExperimentNotFoundError(RnntuneError):
@@ -61,3 +72,24 @@ class WorkerFaultError(RnntuneError):
 
 class Interrupted(RnntuneError):  # noqa: N818 - it is a control-flow signal, not a failure
     """Raised inside a training loop when the process was asked to stop (SIGTERM/SIGINT)."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-blank line of an error's message, or its type name when it has none.
+
+    For a database error (SQLAlchemy's wrapper) the driver's own message is used: the wrapper's
+    adds the SQL statement and a link on further lines. The one place this is done: an empty or
+    blank message must not raise IndexError inside an error handler.
+    """
+    text = str(getattr(e, "orig", None) or e)
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return type(e).__name__
+
+
+def error_reason(e: BaseException, limit: int = 500) -> str:
+    """``Type: first line`` of an error, at most ``limit`` characters: a failed trial's or
+    repeat's stored reason."""
+    name, line = type(e).__name__, first_line(e)
+    return (name if line == name else f"{name}: {line}")[:limit]

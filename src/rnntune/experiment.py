@@ -31,6 +31,7 @@ from rnntune.storage import (
     exclusive,
     mask_url,
     session_scope,
+    study_id,
     upgrade,
 )
 
@@ -285,17 +286,17 @@ def _check_studies(storage: RDBStorage, cfg: ExperimentConfig) -> None:
     for family in cfg.families:
         name = cfg.study_name(family)
         try:
-            study_id = storage.get_study_id_from_name(name)
+            sid = storage.get_study_id_from_name(name)
         except KeyError:
             continue
-        owner = storage.get_study_user_attrs(study_id).get("rnntune_experiment")
-        directions = storage.get_study_directions(study_id)
+        owner = storage.get_study_user_attrs(sid).get("rnntune_experiment")
+        directions = storage.get_study_directions(sid)
         problem = None
         if directions != [optuna.study.StudyDirection.MAXIMIZE]:
             problem = f"its direction is {', '.join(d.name.lower() for d in directions)}"
         elif owner is not None and owner != cfg.name:
             problem = f"it belongs to rnntune experiment {owner!r}"
-        elif owner is None and storage.get_all_trials(study_id, deepcopy=False):
+        elif owner is None and storage.get_all_trials(sid, deepcopy=False):
             problem = "it has trials but was not created by rnntune"
         if problem:
             raise ExperimentMismatchError(
@@ -331,7 +332,7 @@ def _forgive_given_up(storage: RDBStorage, cfg: ExperimentConfig) -> None:
         study = optuna.load_study(study_name=cfg.study_name(family), storage=storage)
         counts = state.count_trials(study)
         if state.tuning_state(cfg.trials, counts) == state.GAVE_UP:
-            storage.set_study_system_attr(study._study_id, state.FORGIVEN_ATTR, counts.errors)
+            storage.set_study_system_attr(study_id(study), state.FORGIVEN_ATTR, counts.errors)
             log.warning(
                 "%s gave up after %d trial errors at %d/%d finished trials; trying again",
                 study.study_name,

@@ -20,7 +20,7 @@ from rnntune.config import Runtime
 from rnntune.exceptions import ConfigError, RnntuneError
 from rnntune.experiment import Experiment, find_or_raise_by_name, register
 from rnntune.report import Report
-from rnntune.storage import mask_url, open_optuna_storage
+from rnntune.storage import StorageRole, mask_url, open_optuna_storage
 
 Echo = Callable[[str], None]
 
@@ -88,7 +88,7 @@ def init(
 
     roles = roles or {}
     config_mod.build(explicit)  # refuse bad values before anything is stored
-    st = open_optuna_storage(storage_url, create_tables=True)
+    st = open_optuna_storage(storage_url, StorageRole.MIGRATE)
     exp, created = register(st, explicit, None, heartbeat_interval, grace_period)
     if roles:
         ensure_roles(st.engine, worker=roles.get("worker"), dashboard=roles.get("dashboard"))
@@ -127,7 +127,7 @@ def run(
     config_mod.check_writable_dir(out, "--out")
     config_mod.check_writable_dir(rt.artifacts, "--artifacts")
     config_mod.build(explicit)  # refuse bad values before anything is stored
-    st = open_optuna_storage(storage_url, create_tables=True)
+    st = open_optuna_storage(storage_url, StorageRole.MIGRATE)
     exp, created = register(st, explicit, None, rt.heartbeat_interval, rt.grace_period)
     cfg = exp.config
     echo(
@@ -183,7 +183,7 @@ def evaluate(
         raise RnntuneError(
             "evaluation stopped before the end: rerun `rnntune evaluate` to continue"
         )
-    st = open_optuna_storage(storage_url, read_only=True)
+    st = open_optuna_storage(storage_url, StorageRole.WORK)
     exp = find_or_raise_by_name(st.engine, experiment)
     # The worker's resolved device and the split it verified: nothing is resolved or loaded twice.
     report, paths = finalize(

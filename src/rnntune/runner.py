@@ -17,7 +17,7 @@ from typing import Any
 
 from rnntune import live as live_mod
 from rnntune.config import Runtime, worker_options
-from rnntune.exceptions import RnntuneError
+from rnntune.exceptions import RnntuneError, first_line
 from rnntune.experiment import (
     Experiment,
     find_or_raise_by_name,
@@ -113,7 +113,7 @@ def run_workers(
         try:
             view = live_mod.snapshot(storage, exp)
         except Exception as e:  # noqa: BLE001 - progress display must not stop the run
-            view = f"(progress unavailable: {str(e).splitlines()[0]})"
+            view = f"(progress unavailable: {first_line(e)})"
         display.show(view, time.monotonic() - started)
 
     try:

@@ -38,19 +38,19 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
-from rnntune.storage import EvaluationRunRow, db_now, session_scope
-
-# -- retry limits: set here only, shown by `rnntune status` and in the report ----------------
-MAX_RETRY = 3  # a trial whose worker went silent this many times more is failed for good
-MAX_REPEAT_ERRORS = 5  # a repeat whose training raised this often is failed for good
-MAX_REPEAT_RECLAIMS = 3  # a repeat taken from a silent worker this often is failed for good
-
-
-def give_up_after(budget: int) -> int:
-    """Trial errors after which a family stops sampling (a search space that mostly crashes)."""
-    return max(10, 3 * budget)
+from rnntune.limits import MAX_REPEAT_ERRORS, MAX_REPEAT_RECLAIMS, MAX_RETRY, give_up_after
+from rnntune.storage import (
+    EvaluationRunRow,
+    db_now,
+    running_trial_heartbeats,
+    session_scope,
+    study_id,
+    study_storage,
+)
 
 
+# -- retry limits: set in rnntune.limits only (re-exported here for readers), shown by
+# `rnntune status` and in the report ---------------------------------------------------------
 def limits(budget: int) -> dict[str, int]:
     return {
         "trial_retries_after_silent_worker": MAX_RETRY,
@@ -182,11 +182,12 @@ def count(trials: list[FrozenTrial], forgiven: int = 0) -> Counts:
 
 
 def all_trials(study: Any) -> list[FrozenTrial]:
-    return study._storage.get_all_trials(study._study_id, deepcopy=False)
+    return study_storage(study).get_all_trials(study_id(study), deepcopy=False)
 
 
 def forgiven_errors(study: Any) -> int:
-    return int(study._storage.get_study_system_attrs(study._study_id).get(FORGIVEN_ATTR, 0))
+    attrs = study_storage(study).get_study_system_attrs(study_id(study))
+    return int(attrs.get(FORGIVEN_ATTR, 0))
 
 
 def count_trials(study: Any) -> Counts:
@@ -237,28 +238,16 @@ def shortfall(budget: int, c: Counts) -> str | None:
 
 
 # -- staleness of trials, on the database clock --------------------------------------------------
-def stale_trials(storage: Any, study_id: int, grace_period: int) -> tuple[list[int], list[int]]:
+def stale_trials(storage: Any, sid: int, grace_period: int) -> tuple[list[int], list[int]]:
     """(stale, orphans) among the study's RUNNING trials, judged on the database's clock.
 
     stale: the last heartbeat is older than ``grace_period``; orphans: no heartbeat at all.
     """
-    from optuna.storages._rdb import models
-
     with session_scope(storage.engine) as s:
         # Optuna stamps heartbeats with the database's now() (local time of the session on
         # PostgreSQL): compare with the same function, never with this host's clock.
         now = s.execute(select(func.now())).scalar_one()
-        rows = s.execute(
-            select(models.TrialModel.trial_id, models.TrialHeartbeatModel.heartbeat)
-            .outerjoin(
-                models.TrialHeartbeatModel,
-                models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id,
-            )
-            .where(
-                models.TrialModel.study_id == study_id,
-                models.TrialModel.state == TrialState.RUNNING,
-            )
-        ).all()
+        rows = s.execute(running_trial_heartbeats(sid)).all()
     stale, orphans = [], []
     cutoff = _naive(now) - timedelta(seconds=grace_period)
     for trial_id, beat in rows:

@@ -30,17 +30,30 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, Trial, TrialState
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from rnntune import state
 from rnntune.config import ExperimentConfig, Runtime, build_distributions, build_pruner
-from rnntune.exceptions import Interrupted, StorageError, TrainingError, WorkerFaultError
+from rnntune.exceptions import (
+    Interrupted,
+    StorageError,
+    TrainingError,
+    WorkerFaultError,
+    error_reason,
+    first_line,
+)
 from rnntune.faults import failpoint
-from rnntune.storage import exclusive
+from rnntune.storage import (
+    DATABASE_ERRORS,
+    exclusive,
+    is_transient,
+    rdb_storage,
+    study_id,
+    study_storage,
+    trial_id,
+)
 
 if TYPE_CHECKING:  # torch is imported only where a model is trained
     from rnntune.train import EpochResult, FitResult
@@ -53,30 +66,11 @@ REASON_ATTR = state.REASON_ATTR
 ATTEMPT_ATTRS = frozenset(
     {"resumed_from_epoch", "epochs_this_run", "epochs_trained", "best_epoch", "fail_reason"}
 )
-# The database, not the trial, failed: never a trial error (handed back, or a worker fault).
-DATABASE_ERRORS: tuple[type[BaseException], ...] = (
-    StorageError,
-    OperationalError,
-    InterfaceError,
-    StorageInternalError,
-    PoolTimeoutError,
-)
+# DATABASE_ERRORS and is_transient (rnntune.storage) stay importable from here for callers.
 
 
 class TrialHandedBack(Exception):  # noqa: N818 - an outcome, not a failure
     """The trial was handed back (FAIL of kind handback, retry enqueued); the worker goes on."""
-
-
-def is_transient(e: BaseException) -> bool:
-    """A database error worth waiting out (a restart), not one the worker gave up on."""
-    if isinstance(e, StorageError):
-        return "lost the study database" in str(e)
-    return isinstance(e, DATABASE_ERRORS)
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(getattr(e, "orig", None) or e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 LIVE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -116,9 +110,7 @@ def gave_up(cfg: ExperimentConfig, counts: Counts) -> bool:
 
 def rdb(study: optuna.Study) -> RDBStorage:
     """The RDBStorage under the study (Optuna wraps it in a cache layer)."""
-    storage = getattr(study._storage, "_backend", study._storage)
-    assert isinstance(storage, RDBStorage), "rnntune studies live in an RDB storage"
-    return storage
+    return rdb_storage(study)
 
 
 def requeue(study: optuna.Study, frozen: FrozenTrial) -> None:
@@ -155,11 +147,11 @@ def fail_and_requeue(
     storage = rdb(study)
     trials = state.all_trials(study) if kind == state.STALE else []
     done = []
-    for trial_id in trial_ids:
+    for tid in trial_ids:
         try:
             t_kind, t_reason = kind, reason
             if kind == state.STALE:
-                frozen = storage.get_trial(trial_id)
+                frozen = storage.get_trial(tid)
                 deaths = state.silent_deaths(trials, state.root_number(frozen)) + 1
                 if deaths > max_retry:
                     t_kind = state.ERROR
@@ -168,17 +160,17 @@ def fail_and_requeue(
                         f"memory?): {reason}"
                     )
             # Annotate first: once FAIL, a trial can no longer be annotated.
-            storage.set_trial_system_attr(trial_id, state.REASON_ATTR, t_reason)
-            storage.set_trial_system_attr(trial_id, state.KIND_ATTR, t_kind)
-            storage.set_trial_system_attr(trial_id, state.RETRY_ATTR, t_kind != state.ERROR)
-            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            storage.set_trial_system_attr(tid, state.REASON_ATTR, t_reason)
+            storage.set_trial_system_attr(tid, state.KIND_ATTR, t_kind)
+            storage.set_trial_system_attr(tid, state.RETRY_ATTR, t_kind != state.ERROR)
+            if not storage.set_trial_state_values(tid, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
             continue  # it finished, or another worker failed it first: nothing left to do
         after_fail()
         if t_kind != state.ERROR:
-            requeue(study, storage.get_trial(trial_id))
-        done.append(trial_id)
+            requeue(study, storage.get_trial(tid))
+        done.append(tid)
     return done
 
 
@@ -206,11 +198,11 @@ def stale_trial_ids(
     dead (the local fast path: worker.dead_workers). Orphaned: it has no heartbeat at all;
     called under the family lock, that means the claim that made it died (see state).
     """
-    stale, orphans = state.stale_trials(rdb(study), study._study_id, grace_period)
+    stale, orphans = state.stale_trials(rdb(study), study_id(study), grace_period)
     if dead_workers:
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.system_attrs.get(state.WORKER_ATTR) in dead_workers:
-                stale.append(t._trial_id)
+                stale.append(trial_id(t))
     return sorted(set(stale) - set(orphans)), orphans
 
 
@@ -246,9 +238,9 @@ def claim_trial(
         trial = study.ask(fixed_distributions=distributions(cfg.search_space))
         failpoint("claim.after_ask")
         # Heartbeat, then owner tag, before letting go of the lock (see the docstring).
-        storage.record_heartbeat(trial._trial_id)
+        storage.record_heartbeat(trial_id(trial))
         failpoint("claim.after_heartbeat")
-        storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_id)
+        storage.set_trial_system_attr(trial_id(trial), WORKER_ATTR, worker_id)
         failpoint("claim.after_tag")
         return trial
 
@@ -258,7 +250,7 @@ def original_number(trial: Trial | FrozenTrial) -> int:
     system_attrs = (
         trial.system_attrs
         if isinstance(trial, FrozenTrial)
-        else trial.storage.get_trial_system_attrs(trial._trial_id)
+        else trial.storage.get_trial_system_attrs(trial_id(trial))
     )
     root = system_attrs.get("failed_trial")
     return int(root) if root is not None else trial.number
@@ -337,7 +329,7 @@ def run_trial(
             should_stop=should_stop,
         )
     except optuna.TrialPruned:
-        frozen = db_retry(lambda: study._storage.get_trial(trial._trial_id))
+        frozen = db_retry(lambda: study_storage(study).get_trial(trial_id(trial)))
         epochs_done = sorted(frozen.intermediate_values)
         _record(trial, db_retry, {"epochs_trained": len(epochs_done), "epochs_this_run": epochs})
         failpoint("tell.before")
@@ -363,7 +355,7 @@ def run_trial(
         if is_transient(e):
             # The database restarted under the training loop: not the trial's fault. Hand it
             # back once the database is back (its retry resumes from the checkpoint); go on.
-            first = _first_line(e)
+            first = first_line(e)
             log.warning(
                 "%s trial %d: database error (%s); handing it back", family, trial.number, first
             )
@@ -376,7 +368,7 @@ def run_trial(
         # may be what is gone; then its heartbeat goes stale and it is retried all the same).
         raise _worker_fault(study, trial, family, runtime, e) from e
     except (TrainingError, Exception) as e:  # noqa: BLE001 - any bug in a trial fails that trial
-        reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        reason = error_reason(e)
         log.error("%s trial %d failed: %s", family, trial.number, reason)
         db_retry(lambda: _annotate_error(study, trial, reason))
         _record(trial, db_retry, {"fail_reason": reason, "epochs_this_run": epochs})
@@ -424,7 +416,7 @@ def hand_back(study: optuna.Study, trial: Trial, reason: str) -> None:
     with exclusive(rdb(study).engine, f"rnntune:claim:{study.study_name}"):
         fail_and_requeue(
             study,
-            [trial._trial_id],
+            [trial_id(trial)],
             reason,
             kind=state.HANDBACK,
             after_fail=lambda: failpoint("handback.after_fail"),
@@ -445,22 +437,22 @@ def _worker_fault(
         what = (
             e.args[0]
             if isinstance(e, StorageError)
-            else f"lost the study database ({_first_line(e)}): check that it is running and "
+            else f"lost the study database ({first_line(e)}): check that it is running and "
             "reachable, then restart this worker"
         )
     try:
         hand_back(study, trial, f"worker fault: {what}"[:500])
         handed = f"{family} trial {trial.number} was handed back"
     except Exception as e2:  # noqa: BLE001 - the database may be the fault
-        log.warning("could not hand back trial %d: %s", trial.number, str(e2).splitlines()[0])
+        log.warning("could not hand back trial %d: %s", trial.number, first_line(e2))
         handed = f"{family} trial {trial.number} will be retried once its heartbeat is stale"
     return WorkerFaultError(f"{what} ({handed})")
 
 
 def _annotate_error(study: optuna.Study, trial: Trial, reason: str) -> None:
-    storage = study._storage
-    storage.set_trial_system_attr(trial._trial_id, state.REASON_ATTR, reason)
-    storage.set_trial_system_attr(trial._trial_id, state.KIND_ATTR, state.ERROR)
+    storage, tid = study_storage(study), trial_id(trial)
+    storage.set_trial_system_attr(tid, state.REASON_ATTR, reason)
+    storage.set_trial_system_attr(tid, state.KIND_ATTR, state.ERROR)
 
 
 def _record(
@@ -478,7 +470,7 @@ def _tell(study: optuna.Study, trial: Trial, to: TrialState, value: float | None
     retry resumes from it) and does not report a result that was discarded.
     """
     study.tell(trial, value if to == TrialState.COMPLETE else None, state=to, skip_if_finished=True)
-    stored = study._storage.get_trial(trial._trial_id)
+    stored = study_storage(study).get_trial(trial_id(trial))
     # A FAIL we told is an error (annotated so before the tell); a peer's is stale or a hand-back.
     if stored.state != to or (to == TrialState.FAIL and state.fail_kind(stored) != state.ERROR):
         raise UpdateFinishedTrialError(

@@ -3,6 +3,12 @@
 A worker holds nothing that matters: the experiment comes from the database, each epoch's
 checkpoint goes to the shared artifact store, every result is a row. Killing it at any moment
 loses at most the epoch in progress.
+
+Three parts: :class:`Worker` (one process: signals, waiting out database outages, attaching to
+the experiment, its row in the worker table), :class:`PullLoop` (one unit of work at a time:
+claim, train, tell or complete) and :class:`Heartbeat` (the supervised thread that keeps the
+current claims and the worker's row alive). The worker table's SQL is in
+:mod:`rnntune.worker_registry`.
 """
 
 from __future__ import annotations
@@ -11,10 +17,8 @@ import logging
 import os
 import random
 import signal
-import socket
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,14 +26,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
-from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
-from sqlalchemy import select, update
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RDBStorage
 
 from rnntune import evaluation, state, tuning
 from rnntune.config import Runtime
-from rnntune.exceptions import Interrupted, StorageError, WorkerFaultError
+from rnntune.exceptions import (
+    Interrupted,
+    StorageError,
+    WorkerFaultError,
+    error_reason,
+    first_line,
+)
 from rnntune.experiment import (
     Experiment,
     find_or_raise_by_name,
@@ -39,40 +47,43 @@ from rnntune.experiment import (
     verify_data,
 )
 from rnntune.faults import failpoint
+from rnntune.limits import DB_RETRY_FIRST_DELAY_S, DB_RETRY_MAX_DELAY_S, MAX_OUTAGE_S
 from rnntune.storage import (
-    WorkerRow,
+    DATABASE_ERRORS,
+    StorageRole,
     check_schema,
-    db_now,
+    is_transient,
     load_study,
     mask_url,
     open_optuna_storage,
-    session_scope,
-    utcnow,
+    trial_id,
 )
 from rnntune.train import resolve_device, set_threads, warm_up
+from rnntune.worker_registry import (
+    Identity,
+    boot_id,
+    dead_peers,
+    mark_stopped,
+    pid_namespace,
+    process_token,
+    record_beat,
+    register,
+    retire_silent,
+)
+
+__all__ = [
+    "Heartbeat",
+    "PullLoop",
+    "Worker",
+    "WorkerSummary",
+    "boot_id",
+    "check_artifacts_writable",
+    "pid_namespace",
+    "process_token",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# Errors that mean "the database is away": wait and retry instead of failing work.
-TRANSIENT = (OperationalError, StorageInternalError, StorageError, PoolTimeoutError)
-
-
-def boot_id() -> str | None:
-    """The running kernel's boot id, or None where there is no /proc (macOS)."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
-
-
-def pid_namespace() -> int | None:
-    """This process's PID namespace (the inode of /proc/self/ns/pid), or None."""
-    try:
-        return os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return None
 
 
 def check_artifacts_writable(path: str) -> None:
@@ -90,19 +101,6 @@ def check_artifacts_writable(path: str) -> None:
             f"cannot write to the artifact directory {path} ({e.strerror or e}): pass --artifacts "
             "DIR (RNNTUNE_ARTIFACTS), a writable directory with free space shared by all workers"
         ) from e
-
-
-def process_token(pid: int | str = "self") -> str | None:
-    """Boot id + process start time: tells a live process from a new one that reused its pid."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-        start = stat.rsplit(")", 1)[1].split()[19]
-        return f"{boot}:{start}"
-    except (OSError, IndexError):
-        return None
 
 
 @dataclass
@@ -128,6 +126,46 @@ class WorkerSummary:
         return max(0.0, self.trial_seconds - self.fit_seconds) / self.trial_seconds
 
 
+class Heartbeat:
+    """A thread that calls ``beat`` every ``interval`` seconds, whatever it raises.
+
+    Optuna's own heartbeat thread dies on the first database error (optuna#4994); this one
+    logs, keeps beating, and is restarted by :meth:`ensure_running` should it ever exit.
+    """
+
+    def __init__(self, beat: Callable[[], None], interval: float) -> None:
+        self._beat = beat
+        self._interval = interval
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def ensure_running(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._loop, name="rnntune-heartbeat", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
+
+    def _loop(self) -> None:
+        failing = False
+        while not self._stop.is_set():
+            try:
+                self._beat()
+                if failing:
+                    log.warning("heartbeat restored")
+                failing = False
+            except Exception as e:  # noqa: BLE001 - the heartbeat must outlive any DB error
+                if not failing:
+                    log.warning("heartbeat failed (%s); will retry", first_line(e))
+                failing = True
+            self._stop.wait(self._interval)
+
+
 class Worker:
     """One worker process. ``evaluate_only``: the final job, which waits for tuning instead."""
 
@@ -139,37 +177,43 @@ class Worker:
         *,
         data_override: str | None = None,
         evaluate_only: bool = False,
-        max_outage: float = 600.0,
+        max_outage: float = MAX_OUTAGE_S,
         install_signal_handlers: bool = True,
         on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.storage_url = storage_url
         self.experiment_name = experiment
+        # Replaced by run() once the experiment's heartbeat policy and the device are resolved.
         self.runtime = runtime
         self.data_override = data_override
         self.evaluate_only = evaluate_only
         self.max_outage = max_outage
         self.on_event = on_event or (lambda msg: log.info("%s", msg))
-        self.hostname = socket.gethostname()
-        self.pid = os.getpid()
-        self.worker_id = f"{self.hostname}:{self.pid}:{uuid.uuid4().hex[:6]}"
-        self.boot_id = boot_id()
-        self.pid_namespace = pid_namespace()
+        self.identity = Identity.of_this_process()
+        self.worker_id = self.identity.worker_id
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._current_trial: int | None = None
-        self._current_jobs: list[int] = []
-        # Families whose ensemble raised here: their repeats are trained one at a time by this
-        # worker from then on, so the error is charged to the repeat that raises it.
-        self._solo_families: set[str] = set()
-        self._task = "starting"
-        self._hb_thread: threading.Thread | None = None
-        self._hb_stop = threading.Event()
         self._summary = WorkerSummary(self.worker_id)
-        self._last_wait_note = 0.0
+        # What run() attached to, kept for its caller (`rnntune evaluate` exports from it).
+        self._storage: RDBStorage | None = None
+        self._exp: Experiment | None = None
+        self.splits: Any = None
         if install_signal_handlers:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+
+    @property
+    def storage(self) -> RDBStorage:
+        """The study database run() opened (for its caller, once run() attached)."""
+        if self._storage is None:
+            raise RuntimeError("Worker.storage is set by run()")
+        return self._storage
+
+    @property
+    def exp(self) -> Experiment:
+        """The experiment run() loaded (for its caller, once run() attached)."""
+        if self._exp is None:
+            raise RuntimeError("Worker.exp is set by run()")
+        return self._exp
 
     # -- signals and stop ----------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -189,12 +233,12 @@ class Worker:
     # -- database resilience -------------------------------------------------------------
     def db_retry(self, fn: Callable[[], T]) -> T:
         """Run ``fn``, waiting out a database outage with capped exponential backoff."""
-        delay, waited = 0.5, 0.0
+        delay, waited = DB_RETRY_FIRST_DELAY_S, 0.0
         while True:
             try:
                 return fn()
-            except TRANSIENT as e:
-                if isinstance(e, StorageError) and "lost the study database" not in str(e):
+            except DATABASE_ERRORS as e:
+                if not is_transient(e):
                     raise
                 if waited >= self.max_outage:
                     raise StorageError(
@@ -204,54 +248,172 @@ class Worker:
                 if self._stop.is_set() and waited >= 5:
                     raise Interrupted("stopping while the database is unreachable") from e
                 if waited == 0:
-                    log.warning("database unreachable (%s); retrying", str(e).splitlines()[0])
+                    log.warning("database unreachable (%s); retrying", first_line(e))
                 time.sleep(delay)
                 waited += delay
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, DB_RETRY_MAX_DELAY_S)
 
-    # -- heartbeat -------------------------------------------------------------------------
-    def _heartbeat_loop(self) -> None:
-        # Optuna's own heartbeat thread dies on the first database error (optuna#4994); this one
-        # logs, keeps beating, and is restarted by the main loop should it ever exit.
-        failing = False
-        while not self._hb_stop.is_set():
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> WorkerSummary:
+        # We drive trials with ask/tell and run our own supervised heartbeat (see Heartbeat),
+        # which is exactly what this warning asks for.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        loop = self._attach()
+        self.db_retry(lambda: register(loop.engine, self.identity, loop.exp.id))
+        loop.heartbeat.ensure_running()
+        cfg, rt = loop.exp.config, loop.runtime
+        self.on_event(
+            f"worker {self.worker_id} on {mask_url(self.storage_url)}: experiment {cfg.name}, "
+            f"device {rt.device}, {rt.threads} thread(s)"
+        )
+        try:
+            while not self._stop.is_set():
+                loop.heartbeat.ensure_running()
+                if not self.db_retry(loop.step):
+                    break
+        except Interrupted:
+            pass
+        finally:
+            self._summary.stopped = self._stop.is_set()
+            loop.heartbeat.stop()
             try:
-                self._beat()
-                if failing:
-                    log.warning("heartbeat restored")
-                failing = False
-            except Exception as e:  # noqa: BLE001 - the heartbeat must outlive any DB error
-                if not failing:
-                    log.warning("heartbeat failed (%s); will retry", str(e).splitlines()[0])
-                failing = True
-            self._hb_stop.wait(self.runtime.heartbeat_interval)
+                mark_stopped(
+                    loop.engine,
+                    self.worker_id,
+                    trials=self._summary.trials,
+                    repeats=self._summary.repeats,
+                )
+            except Exception as e:  # noqa: BLE001 - the status row is informational
+                log.warning("could not mark worker stopped: %s", first_line(e))
+        return self._summary
 
-    def _beat(self) -> None:
-        with self._lock:
-            trial_id, job_ids, task = self._current_trial, list(self._current_jobs), self._task
-        if trial_id is not None:
-            self.storage.record_heartbeat(trial_id)
-        if job_ids:
-            evaluation.heartbeat(self.engine, job_ids, self.worker_id)
-        with session_scope(self.engine) as s:
-            s.execute(
-                update(WorkerRow)
-                .where(WorkerRow.id == self.worker_id)
-                .values(
-                    heartbeat_at=db_now(),
-                    status="stopping" if self._stop.is_set() else "running",
-                    task=task,
-                    trials_done=self._summary.trials,
-                    repeats_done=self._summary.repeats,
+    def _attach(self) -> PullLoop:
+        """Open the database, load and verify the experiment and its data, load the studies."""
+        rt = self.runtime
+        # No Optuna heartbeat settings: rnntune records heartbeats itself and judges staleness
+        # with the experiment's grace period on the database clock (rnntune.state).
+        storage = self.db_retry(lambda: open_optuna_storage(self.storage_url, StorageRole.WORK))
+        self._storage = storage
+        self.db_retry(lambda: check_schema(storage.engine))
+        exp: Experiment = self.db_retry(
+            lambda: find_or_raise_by_name(storage.engine, self.experiment_name)
+        )
+        self._exp = exp
+        cfg = exp.config
+        hb, grace = resolve_policy(exp, rt.heartbeat_interval, rt.grace_period)
+        check_artifacts_writable(rt.artifacts)
+        device = str(resolve_device(rt.device))
+        self.runtime = rt = Runtime(
+            **{**rt.__dict__, "device": device, "heartbeat_interval": hb, "grace_period": grace}
+        )
+        if device == "cpu":
+            set_threads(rt.threads)
+        loaded = load_data(cfg, self.data_override)
+        verify_data(exp, loaded)
+        self.splits = loaded.splits
+        self._summary.device, self._summary.splits = device, loaded.splits
+        warm_up(device)
+        seed = random.SystemRandom().randrange(2**31)
+
+        def load(f: str, i: int) -> optuna.Study:
+            return self.db_retry(
+                lambda: load_study(
+                    storage,
+                    cfg.study_name(f),
+                    sampler=tuning.make_sampler(cfg, seed + i),
+                    pruner=tuning.make_pruner(cfg),
                 )
             )
 
-    def _ensure_heartbeat(self) -> None:
-        if self._hb_thread is None or not self._hb_thread.is_alive():
-            self._hb_thread = threading.Thread(
-                target=self._heartbeat_loop, name="rnntune-heartbeat", daemon=True
-            )
-            self._hb_thread.start()
+        studies = {f: load(f, i) for i, f in enumerate(cfg.families)}
+        return PullLoop(
+            storage=storage,
+            exp=exp,
+            runtime=rt,
+            studies=studies,
+            loaded=loaded,
+            me=self.identity,
+            summary=self._summary,
+            stop=self._stop,
+            db_retry=self.db_retry,
+            on_event=self.on_event,
+            evaluate_only=self.evaluate_only,
+        )
+
+
+class PullLoop:
+    """One attached worker's units of work: :meth:`step` claims a trial (or a repeat, or a group
+    of repeats), trains it and stores the result; the heartbeat keeps the claim alive."""
+
+    def __init__(
+        self,
+        *,
+        storage: RDBStorage,
+        exp: Experiment,
+        runtime: Runtime,
+        studies: dict[str, optuna.Study],
+        loaded: Any,
+        me: Identity,
+        summary: WorkerSummary,
+        stop: threading.Event,
+        db_retry: Callable[[Callable[[], Any]], Any],
+        on_event: Callable[[str], None],
+        evaluate_only: bool,
+    ) -> None:
+        self.storage = storage
+        self.engine = storage.engine
+        self.exp = exp
+        self.runtime = runtime
+        self.studies = studies
+        self.loaded = loaded
+        self.splits = loaded.splits
+        self.me = me
+        self.summary = summary
+        self._stop = stop
+        self.db_retry = db_retry
+        self.on_event = on_event
+        self.evaluate_only = evaluate_only
+        self._repeat_split: tuple[int, Any] | None = None  # (repeat, splits) under --resplit
+        self._jobs_created: set[str] = set()
+        # Families whose ensemble raised here: their repeats are trained one at a time by this
+        # worker from then on, so the error is charged to the repeat that raises it.
+        self._solo_families: set[str] = set()
+        self._last_wait_note = 0.0
+        # What the heartbeat keeps alive, set by the main thread, read by the heartbeat's.
+        self._lock = threading.Lock()
+        self._task = "starting"
+        self._current_trial: int | None = None
+        self._current_jobs: list[int] = []
+        assert runtime.heartbeat_interval is not None, "resolved by Worker._attach"
+        self.heartbeat = Heartbeat(self._beat, runtime.heartbeat_interval)
+
+    def should_stop(self) -> bool:
+        return self._stop.is_set()
+
+    def dead_workers(self) -> set[str]:
+        """Peers known dead at once (worker_registry.dead_peers): a fast path for claims."""
+        return dead_peers(self.engine, self.exp.id, self.me)
+
+    # -- what the heartbeat keeps alive ------------------------------------------------------
+    def _beat(self) -> None:
+        with self._lock:
+            tid, job_ids, task = self._current_trial, list(self._current_jobs), self._task
+        if tid is not None:
+            self.storage.record_heartbeat(tid)
+        if job_ids:
+            evaluation.heartbeat(self.engine, job_ids, self.me.worker_id)
+        record_beat(
+            self.engine,
+            self.me.worker_id,
+            stopping=self._stop.is_set(),
+            task=task,
+            trials=self.summary.trials,
+            repeats=self.summary.repeats,
+        )
+        # Each beat also retires the rows of peers silent past the grace period (one UPDATE).
+        grace = self.runtime.grace_period
+        assert grace is not None  # resolved from the experiment when the worker attached
+        retire_silent(self.engine, self.exp.id, grace)
 
     def _set_task(
         self, task: str, trial_id: int | None = None, job_ids: list[int] | None = None
@@ -265,93 +427,8 @@ class Worker:
         with self._lock:
             self._current_jobs = [j for j in self._current_jobs if j != job_id]
 
-    # -- liveness of other workers ---------------------------------------------------------
-    def dead_workers(self) -> set[str]:
-        """Workers known dead at once, whose claims need not wait out the grace period.
-
-        Only a fast path: a worker is judged dead by its missed heartbeats, on the database
-        clock (rnntune.state). Its pid says something only to a reader on the same kernel
-        (boot id) and in the same PID namespace (a hostname says nothing: containers with
-        --network host share the host's); anywhere else, or without /proc, nobody is judged.
-        """
-        if self.boot_id is None or self.pid_namespace is None:
-            return set()
-        with session_scope(self.engine) as s:
-            rows = s.execute(
-                select(WorkerRow.id, WorkerRow.pid, WorkerRow.process_token).where(
-                    WorkerRow.experiment_id == self.exp.id,
-                    WorkerRow.boot_id == self.boot_id,
-                    WorkerRow.pid_namespace == self.pid_namespace,
-                    WorkerRow.id != self.worker_id,
-                    # A worker that stopped cleanly handed its claims back; skip it.
-                    WorkerRow.status.in_(("starting", "running", "stopping")),
-                )
-            ).all()
-        return {wid for wid, pid, token in rows if token and process_token(pid) != token}
-
-    # -- the loop --------------------------------------------------------------------------
-    def run(self) -> WorkerSummary:
-        rt = self.runtime
-        # We drive trials with ask/tell and run our own supervised heartbeat (see _beat), which
-        # is exactly what this warning asks for.
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-        # No Optuna heartbeat settings: rnntune records heartbeats itself and judges staleness
-        # with the experiment's grace period on the database clock (rnntune.state).
-        self.storage = self.db_retry(lambda: open_optuna_storage(self.storage_url, read_only=True))
-        self.engine = self.storage.engine
-        self.db_retry(lambda: check_schema(self.engine))
-        self.exp: Experiment = self.db_retry(
-            lambda: find_or_raise_by_name(self.engine, self.experiment_name)
-        )
-        cfg = self.exp.config
-        hb, grace = resolve_policy(self.exp, rt.heartbeat_interval, rt.grace_period)
-        check_artifacts_writable(rt.artifacts)
-        device = str(resolve_device(rt.device))
-        self.runtime = rt = Runtime(
-            **{**rt.__dict__, "device": device, "heartbeat_interval": hb, "grace_period": grace}
-        )
-        if device == "cpu":
-            set_threads(rt.threads)
-        loaded = load_data(cfg, self.data_override)
-        verify_data(self.exp, loaded)
-        self.splits = loaded.splits
-        self.loaded = loaded
-        self._summary.device, self._summary.splits = device, loaded.splits
-        self._repeat_split: tuple[int, Any] | None = None  # (repeat, splits) under --resplit
-        warm_up(device)
-        self._register()
-        self._ensure_heartbeat()
-        seed = random.SystemRandom().randrange(2**31)
-
-        def load(f: str, i: int) -> optuna.Study:
-            return self.db_retry(
-                lambda: load_study(
-                    self.storage,
-                    cfg.study_name(f),
-                    sampler=tuning.make_sampler(cfg, seed + i),
-                    pruner=tuning.make_pruner(cfg),
-                )
-            )
-
-        self.studies = {f: load(f, i) for i, f in enumerate(cfg.families)}
-        self._jobs_created: set[str] = set()
-        self.on_event(
-            f"worker {self.worker_id} on {mask_url(self.storage_url)}: experiment {cfg.name}, "
-            f"device {device}, {rt.threads} thread(s)"
-        )
-        try:
-            while not self._stop.is_set():
-                self._ensure_heartbeat()
-                if not self.db_retry(self._step):
-                    break
-        except Interrupted:
-            pass
-        finally:
-            self._summary.stopped = self._stop.is_set()
-            self._deregister()
-        return self._summary
-
-    def _step(self) -> bool:
+    # -- units of work -------------------------------------------------------------------------
+    def step(self) -> bool:
         """Do one unit of work. False when the experiment has nothing left for this worker."""
         cfg = self.exp.config
         grace = self.exp.grace_period
@@ -363,10 +440,12 @@ class Worker:
                 if state.tuning_over(cfg.trials, counts[family]):
                     continue
                 t0 = time.perf_counter()
-                trial = tuning.claim_trial(self.studies[family], cfg, self.worker_id, dead, grace)
+                trial = tuning.claim_trial(
+                    self.studies[family], cfg, self.me.worker_id, dead, grace
+                )
                 if trial is not None:
                     self._run_trial(family, trial)
-                    self._summary.trial_seconds += time.perf_counter() - t0
+                    self.summary.trial_seconds += time.perf_counter() - t0
                     return True
         over = [f for f in cfg.families if state.tuning_over(cfg.trials, counts[f])]
         # A family that gave up is reported incomplete and gets no repeats: a rerun may still
@@ -381,7 +460,7 @@ class Worker:
         jobs = evaluation.claim_group(
             self.engine,
             self.exp,
-            self.worker_id,
+            self.me.worker_id,
             grace,
             dead,
             self.runtime.device,
@@ -398,7 +477,7 @@ class Worker:
         if len(over) == len(cfg.families) and evaluation.all_done(
             self.engine, self.exp, sorted(self._jobs_created)
         ):
-            self._summary.finished = True
+            self.summary.finished = True
             return False
         self._set_task("waiting")
         if self.evaluate_only and time.monotonic() - self._last_wait_note > 30:
@@ -416,7 +495,7 @@ class Worker:
         return True
 
     def _run_trial(self, family: str, trial: optuna.Trial) -> None:
-        self._set_task(f"{family} trial {trial.number}", trial_id=trial._trial_id)
+        self._set_task(f"{family} trial {trial.number}", trial_id=trial_id(trial))
         t0 = time.perf_counter()
         try:
             outcome = tuning.run_trial(
@@ -431,12 +510,12 @@ class Worker:
             )
         except tuning.TrialHandedBack as e:
             # A database error under the training loop: the retry resumes from the checkpoint.
-            self._summary.fit_seconds += time.perf_counter() - t0
+            self.summary.fit_seconds += time.perf_counter() - t0
             log.warning("%s; going on", e)
             return
         except UpdateFinishedTrialError:
             # A peer found this trial stale and re-enqueued it; its retry owns it now.
-            self._summary.fit_seconds += time.perf_counter() - t0
+            self.summary.fit_seconds += time.perf_counter() - t0
             log.warning(
                 "%s trial %d was taken over by a retry (its heartbeat went stale); dropping this "
                 "attempt",
@@ -446,9 +525,9 @@ class Worker:
             return
         finally:
             self._set_task("idle")
-        self._summary.trials += 1
-        self._summary.fit_seconds += outcome.fit_seconds
-        self._summary.outcomes.append(outcome)
+        self.summary.trials += 1
+        self.summary.fit_seconds += outcome.fit_seconds
+        self.summary.outcomes.append(outcome)
         value = "" if outcome.value is None else f" value={outcome.value:.4f}"
         resumed = (
             f" (resumed after epoch {outcome.resumed_from_epoch})"
@@ -465,7 +544,7 @@ class Worker:
             splits = self._splits_for(job.repeat)
             result = evaluation.run_job(job, self.exp, splits, self.runtime, self.should_stop)
         except Interrupted:
-            self.db_retry(lambda: evaluation.release(self.engine, job, self.worker_id))
+            self.db_retry(lambda: evaluation.release(self.engine, job, self.me.worker_id))
             failpoint("repeat.after_release")
             raise
         except tuning.DATABASE_ERRORS as e:
@@ -473,12 +552,12 @@ class Worker:
             if not tuning.is_transient(e):
                 raise
             log.warning("%s repeat %d: database error; handing it back", job.family, job.repeat)
-            self.db_retry(lambda: evaluation.release(self.engine, job, self.worker_id))
+            self.db_retry(lambda: evaluation.release(self.engine, job, self.me.worker_id))
             failpoint("repeat.after_release")
             return
         except OSError as e:
             # The worker's fault (unwritable or full artifact directory), not the repeat's.
-            self.db_retry(lambda: evaluation.release(self.engine, job, self.worker_id))
+            self.db_retry(lambda: evaluation.release(self.engine, job, self.me.worker_id))
             failpoint("repeat.after_release")
             raise WorkerFaultError(
                 f"cannot write checkpoints to {e.filename or self.runtime.artifacts} "
@@ -487,9 +566,9 @@ class Worker:
                 "was handed back)"
             ) from e
         except Exception as e:  # noqa: BLE001 - a failing repeat is recorded, not fatal
-            reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            reason = error_reason(e)
             log.error("%s repeat %d failed: %s", job.family, job.repeat, reason)
-            self.db_retry(lambda: evaluation.release(self.engine, job, self.worker_id, reason))
+            self.db_retry(lambda: evaluation.release(self.engine, job, self.me.worker_id, reason))
             failpoint("repeat.after_release")
             return
         finally:
@@ -516,7 +595,7 @@ class Worker:
         except Interrupted:
             self.db_retry(
                 lambda: evaluation.release_group(
-                    self.engine, list(pending.values()), self.worker_id
+                    self.engine, list(pending.values()), self.me.worker_id
                 )
             )
             failpoint("repeat.after_release")
@@ -524,7 +603,7 @@ class Worker:
         except OSError as e:
             self.db_retry(
                 lambda: evaluation.release_group(
-                    self.engine, list(pending.values()), self.worker_id
+                    self.engine, list(pending.values()), self.me.worker_id
                 )
             )
             failpoint("repeat.after_release")
@@ -543,16 +622,16 @@ class Worker:
                 "%s repeats %s: database error (%s); handing them back",
                 family,
                 names,
-                str(e).splitlines()[0],
+                first_line(e),
             )
             self.db_retry(
                 lambda: evaluation.release_group(
-                    self.engine, list(pending.values()), self.worker_id
+                    self.engine, list(pending.values()), self.me.worker_id
                 )
             )
             failpoint("repeat.after_release")
         except Exception as e:  # noqa: BLE001 - which member raised is not known: go solo
-            reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            reason = error_reason(e)
             log.error(
                 "%s repeats %s as one ensemble failed (%s); handing them back, this worker "
                 "trains %s repeats one at a time from now on",
@@ -564,7 +643,7 @@ class Worker:
             self._solo_families.add(family)
             self.db_retry(
                 lambda: evaluation.release_group(
-                    self.engine, list(pending.values()), self.worker_id
+                    self.engine, list(pending.values()), self.me.worker_id
                 )
             )
             failpoint("repeat.after_release")
@@ -573,10 +652,10 @@ class Worker:
 
     def _complete(self, job: evaluation.Job, result: dict[str, Any]) -> None:
         failpoint("repeat.before_complete")
-        if self.db_retry(lambda: evaluation.complete(self.engine, job, self.worker_id, result)):
+        if self.db_retry(lambda: evaluation.complete(self.engine, job, self.me.worker_id, result)):
             failpoint("repeat.after_complete")
             evaluation.remove_checkpoint(self.runtime, self.exp.config, job)
-            self._summary.repeats += 1
+            self.summary.repeats += 1
             m = result["metrics"]
             self.on_event(
                 f"{job.family} repeat {job.repeat} done: accuracy={m['accuracy']:.4f} "
@@ -607,51 +686,4 @@ class Worker:
         try:
             publish_repeat_progress(self.storage, self.exp, family)
         except Exception as e:  # noqa: BLE001 - the repeat's result is stored either way
-            log.warning("could not update %s's dashboard note: %s", family, str(e).splitlines()[0])
-
-    # -- registry ------------------------------------------------------------------------
-    def _register(self) -> None:
-        # Without /proc the token can never be checked, and boot id / namespace stay None:
-        # nobody judges this worker by its pid (see dead_workers).
-        token = process_token() or f"{self.hostname}:{self.pid}:{time.time()}"
-
-        def _insert() -> None:
-            with session_scope(self.engine) as s:
-                s.add(
-                    WorkerRow(
-                        id=self.worker_id,
-                        experiment_id=self.exp.id,
-                        hostname=self.hostname,
-                        pid=self.pid,
-                        process_token=token,
-                        boot_id=self.boot_id,
-                        pid_namespace=self.pid_namespace,
-                        heartbeat_at=db_now(),
-                        status="running",
-                        task="starting",
-                        trials_done=0,
-                        repeats_done=0,
-                    )
-                )
-
-        self.db_retry(_insert)
-
-    def _deregister(self) -> None:
-        self._hb_stop.set()
-        if self._hb_thread is not None:
-            self._hb_thread.join(timeout=5)
-        try:
-            with session_scope(self.engine) as s:
-                s.execute(
-                    update(WorkerRow)
-                    .where(WorkerRow.id == self.worker_id)
-                    .values(
-                        status="stopped",
-                        stopped_at=utcnow(),
-                        task=None,
-                        trials_done=self._summary.trials,
-                        repeats_done=self._summary.repeats,
-                    )
-                )
-        except Exception as e:  # noqa: BLE001 - the status row is informational
-            log.warning("could not mark worker stopped: %s", str(e).splitlines()[0])
+            log.warning("could not update %s's dashboard note: %s", family, first_line(e))

@@ -1,8 +1,13 @@
-"""The study database: URLs, engine, Optuna storage, rnntune's tables, locks and migrations."""
+"""The study database: URLs, engine, Optuna storage, rnntune's tables, locks and migrations.
+
+Also the two boundaries every other module goes through: :mod:`._optuna` (the only use of
+Optuna's private API) and :mod:`._errors` (which database errors are an outage, by type).
+"""
 
 from ._engine import (
     MAX_OVERFLOW,
     POOL_SIZE,
+    StorageRole,
     artifact_store,
     check_local_filesystem,
     engine_kwargs,
@@ -10,8 +15,17 @@ from ._engine import (
     load_study,
     open_optuna_storage,
 )
+from ._errors import DATABASE_ERRORS, is_transient
 from ._locks import exclusive
 from ._migrate import check_schema, current_revision, head_revision, upgrade
+from ._optuna import (
+    OPTUNA_CHECKED,
+    rdb_storage,
+    running_trial_heartbeats,
+    study_id,
+    study_storage,
+    trial_id,
+)
 from ._roles import ensure_roles, read_role_password, scram_verifier
 from ._session import session_scope
 from ._tables import Base, EvaluationRunRow, ExperimentRow, WorkerRow, db_now, utcnow
@@ -25,10 +39,12 @@ from ._url import (
 )
 
 __all__ = [
+    "DATABASE_ERRORS",
     "DEFAULT_STORAGE",
     "MAX_OVERFLOW",
-    "MAX_RETRY",
+    "OPTUNA_CHECKED",
     "POOL_SIZE",
+    "StorageRole",
     "Base",
     "EvaluationRunRow",
     "ExperimentRow",
@@ -54,14 +70,11 @@ __all__ = [
     "sqlite_path",
     "storage_from_env",
     "upgrade",
+    "is_transient",
+    "rdb_storage",
+    "running_trial_heartbeats",
+    "study_id",
+    "study_storage",
+    "trial_id",
     "utcnow",
 ]
-
-
-def __getattr__(name: str) -> object:
-    # The retry limits are set in rnntune.state (which imports this package): re-exported lazily.
-    if name == "MAX_RETRY":
-        from rnntune.state import MAX_RETRY
-
-        return MAX_RETRY
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,6 +10,7 @@ them queue on the claim lock at once.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import re
@@ -25,7 +26,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from rnntune.exceptions import StorageError
+from rnntune.exceptions import StorageError, first_line
+from rnntune.limits import MAX_RETRY
 
 from ._url import is_sqlite, mask_url, normalize_url, sqlite_path
 
@@ -59,31 +61,43 @@ def engine_kwargs(url: str) -> dict[str, Any]:
     }
 
 
+class StorageRole(enum.Enum):
+    """What a process opens the study database for: decides what opening it may do.
+
+    Not to be confused with PostgreSQL roles (ensure_roles): this is about one process's use.
+    """
+
+    #: ``rnntune init`` (and ``run``, which inits): may create the database file and Optuna's
+    #: tables (under a lock, after the foreign-database check).
+    MIGRATE = "migrate"
+    #: Workers, the final job, the dashboard: read and write rows, never create tables. On SQLite
+    #: the file is switched to WAL and every transaction is BEGIN IMMEDIATE (writers queue).
+    WORK = "work"
+    #: Processes that only read (status, report): never create tables; on SQLite their
+    #: transactions stay deferred, and a WAL reader never waits for, nor blocks, a writer.
+    READ = "read"
+
+
 def open_optuna_storage(
     url: str,
+    role: StorageRole,
     *,
-    read_only: bool = False,
-    reader: bool = False,
-    create_tables: bool = False,
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
-    max_retry: int | None = None,
+    max_retry: int = MAX_RETRY,
 ) -> RDBStorage:
-    """Optuna's RDBStorage on ``url``; only ``rnntune init`` passes ``create_tables=True``.
+    """Optuna's RDBStorage on ``url``, opened for ``role``; only ``rnntune init`` migrates.
 
     With a heartbeat interval, a trial whose heartbeat stops for ``grace_period`` seconds is failed
     and re-enqueued with the same parameters (RetryHeartbeatStaleTrialCallback), up to
     ``max_retry`` times, inheriting its reported epochs so the retry resumes where it stopped.
-
-    ``read_only`` never creates tables. ``reader`` is for processes that only read (status,
-    report): on SQLite their transactions stay deferred, and a WAL reader never waits for, nor
-    blocks, a writer.
     """
     url = normalize_url(url)
     sqlite = is_sqlite(url)
-    creating = create_tables and not read_only
+    creating = role is StorageRole.MIGRATE
+    reader = role is StorageRole.READ
     if sqlite:
-        _prepare_sqlite_file(url, create=create_tables, wal=False)
+        _prepare_sqlite_file(url, create=creating, wal=False)
     # Looked at before anything is written: Optuna's RDBStorage writes to any database it opens
     # (a version row, an Alembic stamp: DDL) when its tables are missing or half-made, which
     # would race the `init` that is creating them, or litter someone else's database.
@@ -92,7 +106,7 @@ def open_optuna_storage(
         raise _foreign(url, creating, tables)
     if sqlite and not reader:
         # WAL lets readers (status, dashboard) run beside a writer; set before tables exist.
-        _prepare_sqlite_file(url, create=create_tables, wal=True)
+        _prepare_sqlite_file(url, create=creating, wal=True)
     if creating and state != "ready":
         _create_tables_once(url)
     elif not creating and state in ("empty", "partial"):
@@ -108,8 +122,6 @@ def open_optuna_storage(
         )
     callback = None
     if heartbeat_interval is not None:
-        if max_retry is None:
-            from rnntune.state import MAX_RETRY as max_retry  # the one place limits are set
         callback = RetryHeartbeatStaleTrialCallback(
             max_retry=max_retry, inherit_intermediate_values=True
         )
@@ -127,8 +139,8 @@ def open_optuna_storage(
         # StorageInternalError: Optuna's wrapper of a failed first query, e.g. a read-only open of
         # a database that has no tables yet.
         raise StorageError(
-            f"cannot open the study database at {mask_url(url)} ({_short(e)}): check the URL and "
-            "that the server is running; a new database needs `rnntune init` first"
+            f"cannot open the study database at {mask_url(url)} ({first_line(e)}): check the URL "
+            "and that the server is running; a new database needs `rnntune init` first"
         ) from e
     if sqlite and not reader:
         _serialise_sqlite_writers(storage.engine)
@@ -221,12 +233,12 @@ def _create_tables_once(url: str) -> None:
             RDBStorage(url, engine_kwargs=engine_kwargs(url)).engine.dispose()
     except OperationalError as e:  # cannot connect: a wrong host, port, user, database...
         raise StorageError(
-            f"cannot open the study database at {mask_url(url)} ({_short(e)}): check the URL, "
+            f"cannot open the study database at {mask_url(url)} ({first_line(e)}): check the URL, "
             "that the server is running and that the database exists"
         ) from e
     except (SQLAlchemyError, RuntimeError, optuna.exceptions.StorageInternalError) as e:
         raise StorageError(
-            f"cannot create the study tables at {mask_url(url)} ({_short(e)}): check that the "
+            f"cannot create the study tables at {mask_url(url)} ({first_line(e)}): check that the "
             "user may create tables there (run `rnntune init` as the database owner)"
         ) from e
     finally:
@@ -387,8 +399,3 @@ def load_study(storage: RDBStorage, name: str, sampler: Any = None, pruner: Any 
         raise StorageError(
             f"study {name!r} is missing from the storage: run `rnntune init` for this experiment"
         ) from e
-
-
-def _short(e: BaseException) -> str:
-    text = str(getattr(e, "orig", None) or e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
-from rnntune.exceptions import StorageError
+from rnntune.exceptions import DatabaseUnavailableError, StorageError, first_line
 from rnntune.faults import failpoint
 
 from ._locks import exclusive
@@ -87,10 +87,10 @@ def check_schema(engine: Engine) -> None:
     try:
         current = current_revision(engine)
     except OperationalError as e:
-        # Worded like session_scope's, so a worker's db_retry waits the outage out.
-        raise StorageError(
+        # The same type as session_scope's, so a worker's db_retry waits the outage out.
+        raise DatabaseUnavailableError(
             f"lost the study database at {mask_url(str(engine.url))} "
-            f"({str(getattr(e, 'orig', None) or e).strip().splitlines()[0]}): check that it is "
+            f"({first_line(e)}): check that it is "
             "running and reachable, then rerun"
         ) from e
     if current is None:

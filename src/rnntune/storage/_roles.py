@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from rnntune.exceptions import ConfigError, StorageError
+from rnntune.exceptions import ConfigError, StorageError, first_line
 
 from ._locks import exclusive
 from ._url import mask_url
@@ -127,8 +127,7 @@ def ensure_roles(
                     n=name,
                 )
     except SQLAlchemyError as e:
-        first = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise StorageError(
-            f"cannot set up the database roles at {mask_url(str(engine.url))} ({first}): run "
-            "init as the database owner (a role that may create roles)"
+            f"cannot set up the database roles at {mask_url(str(engine.url))} ({first_line(e)}): "
+            "run init as the database owner (a role that may create roles)"
         ) from e

@@ -9,22 +9,23 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from rnntune.exceptions import StorageError
+from rnntune.exceptions import DatabaseUnavailableError, first_line
 
 from ._url import mask_url
 
 
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
-    """Commit on success, roll back on error, always close; database errors become StorageError."""
+    """Commit on success, roll back on error, always close; a lost connection (OperationalError)
+    becomes DatabaseUnavailableError, which a worker waits out."""
     session = Session(bind=engine, expire_on_commit=False)
     try:
         yield session
         session.commit()
     except OperationalError as e:
         session.rollback()
-        raise StorageError(
-            f"lost the study database at {mask_url(str(engine.url))} ({_first_line(e)}): "
+        raise DatabaseUnavailableError(
+            f"lost the study database at {mask_url(str(engine.url))} ({first_line(e)}): "
             "check that it is running and reachable, then rerun"
         ) from e
     except SQLAlchemyError:
@@ -35,8 +36,3 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         raise
     finally:
         session.close()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(getattr(e, "orig", None) or e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

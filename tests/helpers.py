@@ -299,8 +299,18 @@ def assert_exact(url: str, budget: int, repeats: int, experiment: str = "default
         assert states[TrialState.RUNNING] == 0 and states[TrialState.WAITING] == 0, states
         # No two trials share parameters unless one is a retry of the other.
         firsts = [t for t in ts if "failed_trial" not in t.system_attrs]
-        keys = [tuple(sorted(t.params.items())) for t in firsts]
-        assert len(keys) == len(set(keys)), f"{family}: duplicate parameters sampled"
+        by_key: dict[tuple, list[Any]] = {}
+        for t in firsts:
+            by_key.setdefault(tuple(sorted(t.params.items())), []).append(t)
+        dups = [group for group in by_key.values() if len(group) > 1]
+        assert not dups, f"{family}: duplicate parameters sampled: " + "; ".join(
+            " = ".join(
+                f"#{t.number} {t.state.name} {t.params} attrs {sorted(t.system_attrs)} "
+                f"started {t.datetime_start}"
+                for t in group
+            )
+            for group in dups[:3]
+        )
         out[family] = ts
     runs = evaluation.runs(st.engine, exp)
     seen = Counter((r.family, r.repeat) for r in runs)

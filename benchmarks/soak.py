@@ -241,6 +241,7 @@ def main() -> int:
     cluster = PgCluster().start()
     log(f"throwaway PostgreSQL on port {cluster.port} in {cluster.root}")
     limit = max(3600.0, args.minutes * 60 * 6)
+    keep = False
     try:
         storm = Run(cluster, runs, "storm", trials, args.workers,
                     args.heartbeat_interval, args.grace_period)  # fmt: skip
@@ -256,9 +257,14 @@ def main() -> int:
         log(f"undisturbed run done in {calm.seconds:.0f}s")
         found = storm.invariants()
         calm_found = calm.invariants()
+        # A violated invariant keeps the cluster's files, so the trials behind it can be read.
+        keep = bool(found["problems"] or calm_found["problems"] or found["lost"]
+                    or found["duplicates"])  # fmt: skip
     finally:
         reap_all()
-        cluster.stop()
+        cluster.stop(keep=keep)
+    if keep:
+        print(f"cluster kept for a post-mortem: {cluster.root} (pg_ctl -D {cluster.data} start)")
     print()
     print(f"study: {trials} trials x {len(FAMILIES)} families, {REPEATS} repeats, {EPOCHS} epochs, "
           f"{args.workers} workers, data {DATA}")  # fmt: skip

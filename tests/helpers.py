@@ -412,7 +412,9 @@ class PgCluster:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-m", mode, "-w",
                   "-t", "60", "restart")  # fmt: skip
 
-    def stop(self) -> None:
+    def stop(self, keep: bool = False) -> None:
+        """Stop the server and remove the cluster (``keep``: leave its files, for a post-mortem:
+        ``pg_ctl -D <root>/data start`` serves it again on the same port)."""
         import shutil
 
         if (self.data / "postmaster.pid").exists():
@@ -420,7 +422,8 @@ class PgCluster:
                 self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
             except (RuntimeError, subprocess.TimeoutExpired):
                 pass
-        shutil.rmtree(self.root, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     @property
     def server_url(self) -> str:

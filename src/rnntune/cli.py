@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from optuna.exceptions import StorageInternalError
-from sqlalchemy.exc import OperationalError
 
 from rnntune import config as config_mod
 from rnntune.exceptions import ConfigError, RnntuneError, first_line
-from rnntune.storage import DEFAULT_STORAGE
+from rnntune.storage import DATABASE_ERRORS, DEFAULT_STORAGE
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -198,9 +196,10 @@ def handle_errors(f: Callable) -> Callable:
             raise _UsageError(_one_line(e)) from e
         except RnntuneError as e:
             raise click.ClickException(_one_line(e)) from e
-        except (OperationalError, StorageInternalError) as e:
+        except DATABASE_ERRORS as e:
             # The database went away under a library call that does not wrap its errors
-            # (Optuna's storage, a migration): the same clear line as StorageError.
+            # (Optuna's storage, a migration): the same clear line as StorageError. Which
+            # errors those are is decided once, by type, in rnntune.storage.
             raise click.ClickException(
                 f"lost the study database ({first_line(e)}): check "
                 "that it is running and reachable, then rerun the command (finished work is "

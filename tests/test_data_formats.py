@@ -454,7 +454,8 @@ def test_cli_ucr_data_with_resplit_from_the_environment(tmp_path: pathlib.Path) 
 
 
 def test_cli_resplit_from_the_experiment_file_and_fixed_by_default(tmp_path: pathlib.Path) -> None:
-    from tests.conftest import TINY_DATA, rnntune
+    from tests.conftest import TINY_DATA
+    from tests.helpers import rnntune
 
     (tmp_path / "exp.toml").write_text('[experiment]\nresplit = true\nname = "r"\n')
     url = f"sqlite:///{tmp_path / 'study.db'}"

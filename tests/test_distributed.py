@@ -164,7 +164,11 @@ def own_pg() -> Iterator[PgCluster]:
 def test_postgres_restart_mid_run(own_pg: PgCluster, tmp_path: Path) -> None:
     url = own_pg.create_database()
     _init(url, tmp_path, trials_=6, repeats=2, epochs=3)
-    procs = [start_worker(url, tmp_path) for _ in range(2)]
+    # The restart must land mid-tuning, decided by a failpoint, not by the machine's speed: the
+    # first worker holds its first trial open for 20 s before telling it, so tuning cannot end
+    # before the restart, while the second keeps working (and meets the outage).
+    held = {"RNNTUNE_FAILPOINTS": "tell.before=sleep:20@1"}
+    procs = [start_worker(url, tmp_path, env=held), start_worker(url, tmp_path)]
     wait_for(lambda: sum(finished(url).values()) >= 2, timeout=180, alive=procs)
     assert sum(finished(url).values()) < 3 * 6, "tuning ended before the restart"
     own_pg.restart("fast")

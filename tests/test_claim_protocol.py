@@ -366,6 +366,48 @@ def test_a_result_told_after_a_take_over_is_not_reported_and_keeps_the_checkpoin
         tuning._tell(study, t, TrialState.COMPLETE, 0.5)
 
 
+# -- the budget after a database error: no duplicate is ever run --------------------------------
+def test_a_duplicate_trial_made_by_a_database_error_is_failed_without_a_retry(
+    storage_url: str,
+) -> None:
+    """A create whose commit reached the server while the client saw an error (a PostgreSQL
+    restart mid-commit) is retried by Optuna, which leaves one more RUNNING trial than was
+    claimed, with no heartbeat. It used to be retried like an interrupted claim, and the family
+    finished one trial past its budget (seen in CI: rnn 7 of 6 after a restart). Now a trial
+    the budget has no room for is failed as surplus, without a retry."""
+    st, exp, study = setup(storage_url, trials=1)
+    mine = claim(study, exp, "w1")
+    assert mine is not None
+    # The duplicate: a second RUNNING trial of the same family, never heartbeated or tagged.
+    tuning.rdb(study).create_new_trial(study._study_id)
+    assert claim(study, exp, "w2") is None  # the budget (1) is claimed: nothing to hand out
+    counts = tuning.count_trials(study)
+    assert (counts.running, counts.waiting, counts.fail) == (1, 0, 1), counts
+    dup = next(t for t in study.get_trials(deepcopy=False) if t.state == TrialState.FAIL)
+    assert state.fail_kind(dup) == state.SURPLUS and not state.owed_retries([dup])
+    assert counts.counted_errors == 0  # never counted toward giving up
+    tuning._tell(study, mine, TrialState.COMPLETE, 0.5)
+    assert tuning.count_trials(study).finished == 1
+
+
+def test_a_duplicated_retry_is_dropped_so_the_family_keeps_its_budget(storage_url: str) -> None:
+    """The same for a retry enqueued twice (its create retried after an in-doubt commit): the
+    newest duplicate is failed as surplus before anything is claimed."""
+    st, exp, study = setup(storage_url, trials=2)
+    first = claim(study, exp, "w1")
+    assert first is not None
+    with exclusive(st.engine, f"rnntune:claim:{study.study_name}"):
+        tuning.fail_and_requeue(study, [first._trial_id], "heartbeat stale: test")
+    retry = next(t for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING)
+    tuning.requeue(study, retry)  # the duplicate: the same retry again
+    tuning.requeue(study, retry)  # and once more: live = 3 waiting > budget 2
+    claims = [claim(study, exp, f"w{i}") for i in range(2, 6)]
+    got = [c for c in claims if c is not None]
+    assert len(got) == 2, "the family hands out exactly its budget"
+    counts = tuning.count_trials(study)
+    assert counts.live == 2 and counts.waiting == 0, counts
+
+
 # -- H3: a worker is dead by missed heartbeats; /proc only where the pid means something -------
 def test_only_a_worker_in_this_kernel_and_pid_namespace_is_judged_by_its_pid(
     storage_url: str,

@@ -76,11 +76,15 @@ RETRY_ATTR = "rnntune:retry_owed"
 FORGIVEN_ATTR = "rnntune:errors_forgiven"  # a study system attr: errors a rerun forgave
 
 ERROR, HANDBACK, STALE = "error", "handback", "stale"
+# A trial the family's budget has no room for: a duplicate that a database error made (a create
+# whose commit reached the server although the client saw it fail, and was retried). Failed
+# without a retry; like a hand-back, never counted toward giving up.
+SURPLUS = "surplus"
 
 
 def fail_kind(t: FrozenTrial) -> str:
     kind = t.system_attrs.get(KIND_ATTR)
-    if kind in (ERROR, HANDBACK, STALE):
+    if kind in (ERROR, HANDBACK, STALE, SURPLUS):
         return str(kind)
     # Rows written before kinds existed: tell them by their reason.
     reason = str(t.system_attrs.get(REASON_ATTR) or "")

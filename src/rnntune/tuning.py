@@ -135,6 +135,7 @@ def fail_and_requeue(
     *,
     kind: str = state.STALE,
     after_fail: Callable[[], None] = lambda: failpoint("claim.after_stale_fail"),
+    budget: int | None = None,
 ) -> list[int]:
     """Fail RUNNING trials and enqueue their retries (call under the family lock).
 
@@ -143,9 +144,14 @@ def fail_and_requeue(
     worker fault: always retried). Neither counts toward giving up. The kind, the reason and
     whether a retry is owed are written before the FAIL, so a process killed between the FAIL
     and the retry leaves a retry that the next claim enqueues (state.owed_retries).
+
+    ``budget``: the family's budget. A retry is enqueued only while the family's finished,
+    running and waiting trials leave room for it; a trial without room is a duplicate that a
+    database error made (see state.SURPLUS) and is failed without a retry.
     """
     storage = rdb(study)
-    trials = state.all_trials(study) if kind == state.STALE else []
+    trials = state.all_trials(study) if kind == state.STALE or budget is not None else []
+    live = state.count(trials).live if budget is not None else None
     done = []
     for tid in trial_ids:
         try:
@@ -159,18 +165,47 @@ def fail_and_requeue(
                         f"its worker went silent {deaths} times running it (killed, out of "
                         f"memory?): {reason}"
                     )
+            if t_kind != state.ERROR and live is not None and budget is not None:
+                if live - 1 >= budget:  # the others fill the budget without this one
+                    t_kind = state.SURPLUS
+                    t_reason = f"surplus: the family's {budget} trials are claimed without it"
+            retry = t_kind not in (state.ERROR, state.SURPLUS)
             # Annotate first: once FAIL, a trial can no longer be annotated.
             storage.set_trial_system_attr(tid, state.REASON_ATTR, t_reason)
             storage.set_trial_system_attr(tid, state.KIND_ATTR, t_kind)
-            storage.set_trial_system_attr(tid, state.RETRY_ATTR, t_kind != state.ERROR)
+            storage.set_trial_system_attr(tid, state.RETRY_ATTR, retry)
             if not storage.set_trial_state_values(tid, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
             continue  # it finished, or another worker failed it first: nothing left to do
+        if live is not None:
+            live -= 1
         after_fail()
-        if t_kind != state.ERROR:
+        if retry:
             requeue(study, storage.get_trial(tid))
+            if live is not None:
+                live += 1
         done.append(tid)
+    return done
+
+
+def drop_surplus_waiting(study: optuna.Study, budget: int) -> list[int]:
+    """Fail, without a retry, the newest WAITING trials the budget has no room for (call under
+    the family lock): duplicates of a retry that a database error made (see state.SURPLUS)."""
+    trials = state.all_trials(study)
+    extra = state.count(trials).live - budget
+    waiting = sorted(
+        (t for t in trials if t.state == TrialState.WAITING), key=lambda t: t.number, reverse=True
+    )
+    storage = rdb(study)
+    done = []
+    for t in waiting[: max(0, extra)]:
+        tid = trial_id(t)
+        storage.set_trial_system_attr(tid, state.REASON_ATTR, "surplus: a duplicate retry")
+        storage.set_trial_system_attr(tid, state.KIND_ATTR, state.SURPLUS)
+        storage.set_trial_system_attr(tid, state.RETRY_ATTR, False)
+        if storage.set_trial_state_values(tid, state=TrialState.FAIL):
+            done.append(t.number)
     return done
 
 
@@ -224,14 +259,21 @@ def claim_trial(
     with exclusive(storage.engine, f"rnntune:claim:{study.study_name}"):
         stale, orphans = stale_trial_ids(study, dead_workers, grace_period)
         if orphans:
-            failed = fail_and_requeue(study, orphans, "claim interrupted", max_retry)
+            failed = fail_and_requeue(
+                study, orphans, "claim interrupted", max_retry, budget=cfg.trials
+            )
             log.warning("%s: retrying orphaned trial(s) %s", study.study_name, failed)
         if stale:
-            failed = fail_and_requeue(study, stale, "heartbeat stale: worker died", max_retry)
+            failed = fail_and_requeue(
+                study, stale, "heartbeat stale: worker died", max_retry, budget=cfg.trials
+            )
             log.warning("%s: retrying stale trial(s) %s", study.study_name, failed)
         owed = recover_owed_retries(study, cfg.trials)
         if owed:
             log.warning("%s: enqueued the lost retries of trial(s) %s", study.study_name, owed)
+        surplus = drop_surplus_waiting(study, cfg.trials)
+        if surplus:
+            log.warning("%s: dropped duplicate retries %s", study.study_name, surplus)
         counts = count_trials(study)
         if counts.waiting == 0 and (counts.live >= cfg.trials or gave_up(cfg, counts)):
             return None

@@ -271,10 +271,11 @@ def claim_trial(
         owed = recover_owed_retries(study, cfg.trials)
         if owed:
             log.warning("%s: enqueued the lost retries of trial(s) %s", study.study_name, owed)
-        surplus = drop_surplus_waiting(study, cfg.trials)
-        if surplus:
-            log.warning("%s: dropped duplicate retries %s", study.study_name, surplus)
         counts = count_trials(study)
+        if counts.waiting and counts.live > cfg.trials:  # rare: read the trials again only then
+            surplus = drop_surplus_waiting(study, cfg.trials)
+            log.warning("%s: dropped duplicate retries %s", study.study_name, surplus)
+            counts = count_trials(study)
         if counts.waiting == 0 and (counts.live >= cfg.trials or gave_up(cfg, counts)):
             return None
         trial = study.ask(fixed_distributions=distributions(cfg.search_space))

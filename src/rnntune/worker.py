@@ -384,6 +384,7 @@ class PullLoop:
         self._task = "starting"
         self._current_trial: int | None = None
         self._current_jobs: list[int] = []
+        self._retired_at = float("-inf")  # when this worker last retired silent peers' rows
         assert runtime.heartbeat_interval is not None, "resolved by Worker._attach"
         self.heartbeat = Heartbeat(self._beat, runtime.heartbeat_interval)
 
@@ -410,10 +411,14 @@ class PullLoop:
             trials=self.summary.trials,
             repeats=self.summary.repeats,
         )
-        # Each beat also retires the rows of peers silent past the grace period (one UPDATE).
+        # The beat also retires the rows of peers silent past the grace period, at most once
+        # per grace period (a row cannot turn silent faster than that): two round trips, not
+        # two on every beat.
         grace = self.runtime.grace_period
         assert grace is not None  # resolved from the experiment when the worker attached
-        retire_silent(self.engine, self.exp.id, grace)
+        if time.monotonic() - self._retired_at >= grace:
+            retire_silent(self.engine, self.exp.id, grace)
+            self._retired_at = time.monotonic()
 
     def _set_task(
         self, task: str, trial_id: int | None = None, job_ids: list[int] | None = None

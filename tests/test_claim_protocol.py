@@ -46,7 +46,9 @@ def arm(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
     faults.reset()
 
 
-def setup(url: str, trials: int = 2, repeats: int = 1) -> tuple[Any, Experiment, optuna.Study]:
+def setup(
+    url: str, trials: int = 2, repeats: int = 1, max_epochs: int = 1
+) -> tuple[Any, Experiment, optuna.Study]:
     st = open_optuna_storage(url, StorageRole.MIGRATE)
     exp, _ = register(
         st,
@@ -55,7 +57,7 @@ def setup(url: str, trials: int = 2, repeats: int = 1) -> tuple[Any, Experiment,
             "data": TINY_DATA,
             "trials": trials,
             "repeats": repeats,
-            "max_epochs": 1,
+            "max_epochs": max_epochs,
             "families": ["gru"],
         },
         None,
@@ -318,6 +320,35 @@ def test_a_database_error_escaping_training_hands_the_trial_back(
     assert failed.state == TrialState.FAIL and state.fail_kind(failed) == state.HANDBACK
     assert state.count_trials(study).waiting == 1
     assert list((tmp_path / "a").rglob("trial-*.pt")), "the retry's checkpoint was removed"
+
+
+def test_a_retry_resumed_from_an_unreported_checkpoint_reports_it_and_decides_pruning(
+    storage_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """L4: an attempt stopped between an epoch's checkpoint and its report left that epoch
+    unreported; the retry resumed after it and skipped the pruning decision there, so a trial
+    an uninterrupted run prunes at that epoch trained on. Now the retry reports the checkpoint's
+    epoch and decides before it trains."""
+    st, exp, study = setup(storage_url, trials=1, max_epochs=3)
+    splits = load_data(exp.config).splits
+    rt = Runtime(storage=storage_url, artifacts=str(tmp_path / "a"), device="cpu", threads=1)
+    t = claim(study, exp)
+    assert t is not None
+    arm(monkeypatch, "trial.after_checkpoint=db-error@1")  # epoch 1 saved, never reported
+    with pytest.raises(tuning.TrialHandedBack):
+        tuning.run_trial(study, t, "gru", exp.config, splits, rt, lambda: False, lambda f: f())
+    assert frozen(study, t.number).intermediate_values == {}
+    arm(monkeypatch, "")
+    # A pruner that prunes at every step: an uninterrupted run stops at epoch 1.
+    study.pruner = optuna.pruners.ThresholdPruner(lower=2.0)
+    retry = claim(study, exp, "w2")
+    assert retry is not None
+    out = tuning.run_trial(
+        study, retry, "gru", exp.config, splits, rt, lambda: False, lambda f: f()
+    )
+    assert out.state == TrialState.PRUNED and out.epochs_this_run == [], out
+    done = frozen(study, retry.number)
+    assert done.state == TrialState.PRUNED and sorted(done.intermediate_values) == [1]
 
 
 @pytest.mark.parametrize("point", ["init.after_migrate", "init.after_studies"])

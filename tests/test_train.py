@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import pathlib
 import time
 
@@ -244,6 +245,54 @@ def test_on_epoch_exception_propagates_after_checkpoint(
     with pytest.raises(Pruned):
         fit(MODEL, TrainConfig(1e-2, 64, 5), *small, checkpoint_path=ckpt, on_epoch=on_epoch)
     assert torch.load(ckpt, weights_only=True)["epoch"] == 2
+
+
+def test_killed_writers_temporaries_are_removed_and_a_live_one_is_kept(
+    small: tuple[np.ndarray, ...], tmp_path: pathlib.Path
+) -> None:
+    """L4: a SIGKILL between a checkpoint's open and its rename left ``.c.pt.<pid>.tmp`` for
+    ever. The next writer of that checkpoint removes the old ones; a recent one may be a live
+    writer's (a taken-over zombie) and stays."""
+    ckpt = tmp_path / "c.pt"
+    old, fresh = tmp_path / ".c.pt.7.dead.tmp", tmp_path / ".c.pt.8.live.tmp"
+    other = tmp_path / ".d.pt.7.dead.tmp"  # another checkpoint's: not this writer's business
+    for f in (old, fresh, other):
+        f.write_bytes(b"half a checkpoint")
+    hour_ago = time.time() - 3600
+    for f in (old, other):
+        os.utime(f, (hour_ago, hour_ago))
+    fit(MODEL, TrainConfig(1e-2, 64, 1), *small, checkpoint_path=ckpt)
+    assert not old.exists() and fresh.exists() and other.exists()
+    assert ckpt.exists()
+    # The writer's own temporary is gone after the rename.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".c.pt.8.live.tmp", ".d.pt.7.dead.tmp", "c.pt"]
+    )
+
+
+def test_resume_hands_the_checkpoints_last_epoch_back_before_training(
+    small: tuple[np.ndarray, ...], tmp_path: pathlib.Path
+) -> None:
+    ckpt = tmp_path / "c.pt"
+    fit(MODEL, TrainConfig(1e-2, 64, 2), *small, checkpoint_path=ckpt)
+    seen: list[tuple[str, int]] = []
+    fit(
+        MODEL,
+        TrainConfig(1e-2, 64, 3),  # a longer budget: another config, so no resume
+        *small,
+        checkpoint_path=tmp_path / "other.pt",
+        on_resume=lambda r: seen.append(("resume", r.epoch)),
+    )
+    assert seen == []  # nothing was resumed from
+    fit(
+        MODEL,
+        TrainConfig(1e-2, 64, 2),
+        *small,
+        checkpoint_path=ckpt,
+        on_resume=lambda r: seen.append(("resume", r.epoch)),
+        on_epoch=lambda r: seen.append(("epoch", r.epoch)),
+    )
+    assert seen == [("resume", 2)]
 
 
 def test_stop_before_the_first_epoch_leaves_no_checkpoint(

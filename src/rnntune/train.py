@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import pathlib
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -291,6 +292,7 @@ def fit(
     checkpoint_path: pathlib.Path | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_resume: Callable[[EpochResult], None] | None = None,
 ) -> FitResult:
     """Train with early stopping (:mod:`rnntune.stopping`); keep the best validation metric's
     weights (higher is better).
@@ -299,6 +301,10 @@ def fit(
     ``on_epoch`` is called (which may raise, e.g. ``optuna.TrialPruned``: it propagates), and
     a checkpoint found at start is resumed from if it was made by the same configs and data;
     the result is then bit-identical to an uninterrupted run on CPU.
+
+    ``on_resume`` gets the checkpoint's last epoch when a checkpoint was resumed from, before
+    any training: the previous attempt may have been stopped between that checkpoint and its
+    ``on_epoch`` (a pruning decision), which the caller then makes again.
     """
     started = time.perf_counter()
     device = resolve_device(train_config.device)
@@ -311,6 +317,7 @@ def fit(
     y_v = torch.as_tensor(y_val, device=device)
     if checkpoint_path is not None:
         checkpoint_path = pathlib.Path(checkpoint_path)
+        remove_stale_temporaries(checkpoint_path)
 
     torch.manual_seed(train_config.seed)  # initial weights (and dropout, on CPU)
     if device.type == "cuda":
@@ -328,6 +335,8 @@ def fit(
             progress = restored
             logger.info("resuming %s after epoch %d", checkpoint_path, progress.epoch)
     resumed_from = progress.epoch
+    if on_resume is not None and resumed_from > 0 and progress.history:
+        on_resume(progress.history[-1])
 
     epochs_this_run: list[int] = []
     while progress.epoch < tc.max_epochs and not progress.stopped_early:
@@ -510,6 +519,8 @@ def fit_ensemble(
     members: list[_Member] = []
     for i, (tc, path) in enumerate(zip(train_configs, paths, strict=True)):
         path = pathlib.Path(path) if path is not None else None
+        if path is not None:
+            remove_stale_temporaries(path)
         torch.manual_seed(tc.seed)
         if device.type == "cuda":
             torch.cuda.manual_seed_all(tc.seed)
@@ -783,15 +794,52 @@ def _save(
         "history": [asdict(r) for r in progress.history],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Unique per writer: two containers both running as pid 1 may share the directory.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
     try:
         with open(tmp, "wb") as fh:
             torch.save(state, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a power loss
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_TMP_SUFFIX = ".tmp"
+STALE_TMP_SECONDS = 600.0  # a checkpoint write takes milliseconds: older is a killed writer's
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # a platform or filesystem without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some network filesystems refuse a directory fsync; the rename was still made
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(path: pathlib.Path, older_than: float = STALE_TMP_SECONDS) -> int:
+    """Remove the half-written temporaries of ``path``'s checkpoint left by killed writers.
+
+    A SIGKILL between open and rename leaves ``.<name>.<pid>.<token>.tmp``; only files older than
+    ``older_than`` seconds go, so a live writer's temporary is never pulled from under it.
+    """
+    removed = 0
+    cutoff = time.time() - older_than
+    for tmp in path.parent.glob(f".{path.name}.*{_TMP_SUFFIX}"):
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                removed += 1
+        except OSError:
+            continue  # gone already, or not ours to remove: it costs disk, not correctness
+    return removed
 
 
 def _restore(

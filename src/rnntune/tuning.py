@@ -361,6 +361,19 @@ def run_trial(
         if prune:
             raise optuna.TrialPruned(f"pruned at epoch {r.epoch}")
 
+    def on_resume(r: EpochResult) -> None:
+        # The attempt before may have been stopped between this checkpoint and its report or
+        # pruning decision: report it if it is missing (the retry inherits what was reported)
+        # and decide again, so a resumed trial is pruned where an uninterrupted one would be.
+        t = time.perf_counter()
+        reported = db_retry(lambda: study_storage(study).get_trial(trial_id(trial)))
+        if r.epoch not in reported.intermediate_values:
+            db_retry(lambda: trial.report(r.val_metric, r.epoch))
+        prune = prunes and db_retry(trial.should_prune)
+        in_storage[0] += time.perf_counter() - t
+        if prune:
+            raise optuna.TrialPruned(f"pruned at epoch {r.epoch} (decided again on resume)")
+
     t0 = time.perf_counter()
     try:
         result: FitResult = fit(
@@ -370,6 +383,7 @@ def run_trial(
             checkpoint_path=ckpt,
             on_epoch=on_epoch,
             should_stop=should_stop,
+            on_resume=on_resume,
         )
     except optuna.TrialPruned:
         frozen = db_retry(lambda: study_storage(study).get_trial(trial_id(trial)))

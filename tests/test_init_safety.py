@@ -174,3 +174,38 @@ def test_foreign_sqlite_database_is_refused_untouched(tmp_path: Path) -> None:
     assert r.exit_code == 1
     assert "already holds tables of another application (users)" in r.output
     assert _dump(path) == before
+
+
+@pytest.mark.postgres
+def test_init_loads_the_data_outside_the_experiment_lock(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """L2: register held the experiment's lock while loading the data (minutes for a large
+    set), so every other init of it waited on the lock meanwhile. The data is now loaded before
+    the lock is taken; a second init of the same experiment loads it before the lock too."""
+    from sqlalchemy import text
+
+    from rnntune import experiment
+    from rnntune.storage import StorageRole, normalize_url, open_optuna_storage
+    from rnntune.storage._locks import _key
+
+    probe = create_engine(normalize_url(pg_url))
+    free_while_loading: list[bool] = []
+    real_load = experiment.load_data
+
+    def load_and_probe(*args, **kwargs):  # type: ignore[no-untyped-def]
+        with probe.connect() as conn:
+            key = _key("rnntune:experiment:locks")
+            got = conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar()
+            free_while_loading.append(bool(got))
+            conn.rollback()
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "load_data", load_and_probe)
+    st = open_optuna_storage(pg_url, StorageRole.MIGRATE)
+    explicit = {"name": "locks", "data": TINY_DATA, "trials": 1, "families": ["gru"]}
+    _, created = experiment.register(st, explicit)
+    _, again = experiment.register(st, explicit)
+    assert (created, again) == (True, False)
+    assert free_while_loading == [True, True]
+    probe.dispose()

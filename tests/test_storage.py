@@ -107,3 +107,68 @@ def test_exclusive_lock_excludes_across_processes(storage_url: str, tmp_path: Pa
         p.join(60)
         assert p.exitcode == 0
     assert int(counter.read_text()) == 120
+
+
+def test_sqlite_commits_are_durable_and_in_wal_mode(tmp_path: Path) -> None:
+    """L6: WAL with synchronous=NORMAL may roll back the last commits on a power loss, after
+    a finished trial's checkpoint was removed; every connection now syncs each commit."""
+    st = open_optuna_storage(f"sqlite:///{tmp_path / 's.db'}", StorageRole.MIGRATE)
+    with st.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(60)
+def test_a_stalled_lock_holder_is_fenced_and_a_live_one_is_waited_for(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """L2: a holder paused inside the family lock (docker pause, a frozen VM) blocked every
+    claimer for ever, each one stuck inside the driver where SIGTERM cannot reach it. A waiter
+    now polls, and terminates the connection of a holder that kept the lock past STUCK_AFTER."""
+    import threading
+    import time
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    from rnntune.storage import _locks, normalize_url
+
+    st = open_optuna_storage(pg_url, StorageRole.MIGRATE)
+    monkeypatch.setattr(_locks, "STUCK_AFTER", 3.0)
+    key = _locks._key("test:family")
+    holder = create_engine(normalize_url(pg_url)).connect()
+
+    # A live holder that lets go after 0.5 s is waited for, not fenced.
+    holder.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+    threading.Timer(0.5, holder.commit).start()
+    t0 = time.monotonic()
+    with exclusive(st.engine, "test:family"):
+        waited = time.monotonic() - t0
+    assert 0.4 < waited < 3.0, waited
+    holder.execute(text("SELECT 1"))  # still connected
+
+    # A holder that never lets go is fenced after STUCK_AFTER, and the waiter goes on.
+    holder.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+    t0 = time.monotonic()
+    with exclusive(st.engine, "test:family"):
+        waited = time.monotonic() - t0
+    assert 3.0 <= waited < 15, waited
+    with pytest.raises(OperationalError):
+        holder.execute(text("SELECT 1"))
+    holder.invalidate()
+
+    # The fenced side: a holder whose lock connection was terminated while it ran learns it
+    # when it lets go (an error, as from a lost database), so a claim made so is not used.
+    fencer = create_engine(normalize_url(pg_url)).connect()
+    with pytest.raises(OperationalError):
+        with exclusive(st.engine, "test:family"):
+            fencer.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND granted AND objid = CAST(:lo AS oid) AND pid <> pg_backend_pid()"
+                ),
+                {"lo": key & 0xFFFFFFFF},
+            )
+            fencer.commit()
+    fencer.close()

@@ -227,18 +227,21 @@ def register(
     upgrade(engine)
     failpoint("init.after_migrate")
     name = explicit.get("name") or "default"
+    # The data is loaded before the lock (it may take minutes; every other init of this
+    # experiment waits on the lock) and again under it only if a racing init changed what to load.
+    planned = _planned_config(find_by_name(engine, name), explicit, name)
+    preloaded = load_data(planned, data_override)
+
+    def data_for(cfg: ExperimentConfig) -> LoadedData:
+        same = _data_inputs(cfg) == _data_inputs(planned)
+        return preloaded if same else load_data(cfg, data_override)
+
     with exclusive(engine, f"rnntune:experiment:{name}"):
         existing = find_by_name(engine, name)
         if existing is not None:
-            merged = build(explicit, base=existing.config)
-            if merged.digest() != existing.config.digest():
-                raise ExperimentMismatchError(
-                    f"experiment {name!r} already exists with a different configuration "
-                    f"({_diff(existing.config, merged)}): use a new --experiment name, or drop "
-                    "the differing options to resume it as it was"
-                )
+            _planned_config(existing, explicit, name)  # a racing init may have made it
             resolve_policy(existing, heartbeat_interval, grace_period)
-            loaded = load_data(existing.config, data_override)
+            loaded = data_for(existing.config)
             verify_data(existing, loaded)
             _check_studies(storage, existing.config)
             _create_studies(storage, existing.config)
@@ -246,7 +249,7 @@ def register(
             return existing, False
         cfg = build(explicit)
         _check_studies(storage, cfg)
-        loaded = load_data(cfg, data_override)
+        loaded = data_for(cfg)
         _create_studies(storage, cfg)
         failpoint("init.after_studies")
         summary = {
@@ -273,6 +276,27 @@ def register(
             exp = Experiment.from_row(row)
         log.info("registered experiment %s (%s)", cfg.name, loaded.fingerprint[:19])
         return exp, True
+
+
+def _planned_config(
+    existing: Experiment | None, explicit: dict[str, Any], name: str
+) -> ExperimentConfig:
+    """The configuration ``explicit`` asks for, given the experiment stored under ``name``."""
+    if existing is None:
+        return build(explicit)
+    merged = build(explicit, base=existing.config)
+    if merged.digest() != existing.config.digest():
+        raise ExperimentMismatchError(
+            f"experiment {name!r} already exists with a different configuration "
+            f"({_diff(existing.config, merged)}): use a new --experiment name, or drop "
+            "the differing options to resume it as it was"
+        )
+    return existing.config
+
+
+def _data_inputs(cfg: ExperimentConfig) -> tuple[Any, ...]:
+    """What :func:`load_data` reads from a configuration."""
+    return (cfg.data, cfg.split_seed, cfg.val_fraction, cfg.test_fraction, cfg.resplit)
 
 
 def _check_studies(storage: RDBStorage, cfg: ExperimentConfig) -> None:

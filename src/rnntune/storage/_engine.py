@@ -368,7 +368,9 @@ def _serialise_sqlite_writers(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
-        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+        # FULL: in WAL mode NORMAL may roll back the last commits on a power loss or an OS
+        # crash, and a trial told COMPLETE has had its checkpoint removed by then.
+        dbapi_connection.execute("PRAGMA synchronous=FULL")
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:

@@ -349,6 +349,9 @@ def test_a_retry_resumed_from_an_unreported_checkpoint_reports_it_and_decides_pr
     assert out.state == TrialState.PRUNED and out.epochs_this_run == [], out
     done = frozen(study, retry.number)
     assert done.state == TrialState.PRUNED and sorted(done.intermediate_values) == [1]
+    # Where it picked up is recorded even though it was pruned before training (the soak's
+    # invariant check found a retry pruned on resume without it).
+    assert out.resumed_from_epoch == 1 and done.user_attrs["resumed_from_epoch"] == 1
 
 
 @pytest.mark.parametrize("point", ["init.after_migrate", "init.after_studies"])

@@ -336,6 +336,7 @@ def run_trial(
     from rnntune.train import fit, model_and_train_config  # torch only where a model trains
 
     epochs: list[int] = []  # the epochs this attempt actually trained
+    resumed: list[int] = []  # the checkpoint's epoch this attempt resumed after, once known
     root = original_number(trial)
     params = dict(trial.params)
     ckpt = checkpoint_path(runtime.artifacts, cfg, family, root)
@@ -349,9 +350,8 @@ def run_trial(
     def on_epoch(r: EpochResult) -> None:
         failpoint("trial.after_checkpoint")
         t = time.perf_counter()
-        if not epochs:
-            # Recorded as soon as it is known, so a test (or a person) can see where a retry
-            # picked up even if this attempt is killed too.
+        if not epochs and not resumed:
+            # A fresh start: recorded at the first epoch (a resumed one was recorded on resume).
             db_retry(lambda: trial.set_user_attr("resumed_from_epoch", r.epoch - 1))
         epochs.append(r.epoch)
         db_retry(lambda: trial.report(r.val_metric, r.epoch))
@@ -366,6 +366,10 @@ def run_trial(
         # pruning decision: report it if it is missing (the retry inherits what was reported)
         # and decide again, so a resumed trial is pruned where an uninterrupted one would be.
         t = time.perf_counter()
+        resumed.append(r.epoch)
+        # Recorded as soon as it is known, before anything that may end this attempt (a pruning
+        # decision, a kill), so a test or a person sees where every retry picked up.
+        db_retry(lambda: trial.set_user_attr("resumed_from_epoch", r.epoch))
         reported = db_retry(lambda: study_storage(study).get_trial(trial_id(trial)))
         if r.epoch not in reported.intermediate_values:
             db_retry(lambda: trial.report(r.val_metric, r.epoch))
@@ -394,13 +398,12 @@ def run_trial(
         failpoint("tell.after")
         _remove(ckpt)
         last = frozen.intermediate_values[epochs_done[-1]] if epochs_done else None
-        resumed = epochs[0] - 1 if epochs else 0
         return TrialOutcome(
             trial.number,
             TrialState.PRUNED,
             last,
             epochs,
-            resumed,
+            resumed[0] if resumed else (epochs[0] - 1 if epochs else 0),
             time.perf_counter() - t0 - in_storage[0],
         )
     except Interrupted:
@@ -439,13 +442,13 @@ def run_trial(
         trial,
         db_retry,
         # Each attribute is a round trip: keep to what a reader of the trial needs
-        # (resumed_from_epoch was written at the first epoch).
+        # (resumed_from_epoch was written on resume or at the first epoch).
         {
             "epochs_trained": result.epochs_trained,
             "best_epoch": result.best_epoch,
             "epochs_this_run": result.epochs_this_run,
-            # A retry whose checkpoint already held the last epoch trains none: say so here.
-            **({} if epochs else {"resumed_from_epoch": result.resumed_from_epoch}),
+            # Only a run that neither resumed nor trained (nothing to do) has not written it.
+            **({} if epochs or resumed else {"resumed_from_epoch": result.resumed_from_epoch}),
         },
     )
     value = float(result.best_val_metric)

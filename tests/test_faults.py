@@ -102,6 +102,8 @@ MATRIX: dict[str, Case] = {
     "claim.after_heartbeat": Case("worker", term=True),
     "claim.after_tag": Case("worker", term=True),
     "trial.after_checkpoint": Case("worker", term=True),
+    # A retry resumes from the checkpoint a worker killed after its first report left.
+    "trial.after_resume": Case("worker", term=True, before="trial.after_report=kill"),
     "trial.after_report": Case("worker", term=True),
     "tell.before": Case("worker", term=True),
     "tell.after": Case("worker", term=True),
@@ -372,7 +374,11 @@ def check_study(url: str, point: str, action: str) -> dict[str, Any]:
     res = assert_exact(url, budget=TRIALS, repeats=REPEATS)
     resumed = check_retries(res, FAMILIES)  # one fault never exhausts a retry chain
     # The fault really interrupted a trial with a checkpoint, and its retry used it.
-    if action in ("kill", "term") and point in ("trial.after_checkpoint", "trial.after_report"):
+    if action in ("kill", "term") and point in (
+        "trial.after_checkpoint",
+        "trial.after_report",
+        "trial.after_resume",
+    ):
         assert any(start >= 1 for _, start in resumed), resumed
     if action == "kill" and point == "trial.after_checkpoint":
         # Stopped between the checkpoint and the report: the retry trusts the checkpoint.

@@ -52,6 +52,8 @@ POINTS: dict[str, str] = {
     "claim.after_tag": "the trial is heartbeated and owned; the lock is not released yet",
     # training a trial
     "trial.after_checkpoint": "an epoch's checkpoint is on disk; the epoch is not reported yet",
+    "trial.after_resume": "a retry resumed its checkpoint and recorded the epoch; that epoch is "
+    "not re-reported or judged by the pruner yet",
     "trial.after_report": "the epoch is reported; the pruning decision is not made yet",
     "tell.before": "training ended and its attributes are written; the trial is not told yet",
     "tell.after": "the trial is told (finished); its checkpoint is not removed yet",

@@ -370,6 +370,7 @@ def run_trial(
         # Recorded as soon as it is known, before anything that may end this attempt (a pruning
         # decision, a kill), so a test or a person sees where every retry picked up.
         db_retry(lambda: trial.set_user_attr("resumed_from_epoch", r.epoch))
+        failpoint("trial.after_resume")
         reported = db_retry(lambda: study_storage(study).get_trial(trial_id(trial)))
         if r.epoch not in reported.intermediate_values:
             db_retry(lambda: trial.report(r.val_metric, r.epoch))
@@ -403,7 +404,7 @@ def run_trial(
             TrialState.PRUNED,
             last,
             epochs,
-            resumed[0] if resumed else (epochs[0] - 1 if epochs else 0),
+            resumed[0] if resumed else 0,
             time.perf_counter() - t0 - in_storage[0],
         )
     except Interrupted:
@@ -442,13 +443,11 @@ def run_trial(
         trial,
         db_retry,
         # Each attribute is a round trip: keep to what a reader of the trial needs
-        # (resumed_from_epoch was written on resume or at the first epoch).
+        # (resumed_from_epoch was written on resume, or at the first epoch of a fresh start).
         {
             "epochs_trained": result.epochs_trained,
             "best_epoch": result.best_epoch,
             "epochs_this_run": result.epochs_this_run,
-            # Only a run that neither resumed nor trained (nothing to do) has not written it.
-            **({} if epochs or resumed else {"resumed_from_epoch": result.resumed_from_epoch}),
         },
     )
     value = float(result.best_val_metric)

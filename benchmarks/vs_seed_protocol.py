@@ -25,6 +25,15 @@ median ratio over the seeds.
     python benchmarks/vs_seed_protocol.py                                    # the seed's budget
     python benchmarks/vs_seed_protocol.py --trials 4 --repeats 3 --max-epochs 3 \\
         --data synthetic:n=1000,length=140,features=1                         # a small budget
+
+The original protocol is the slow side (about 55 minutes a seed at the seed's budget on one
+core). ``--results DIR`` keeps each side's result per seed (keyed by data, budget, seed and
+threads) and reuses it on the next run, and ``--only baseline`` runs just that side, so two
+seeds' baselines can run side by side, one core each, and the comparison afterwards:
+
+    B="python benchmarks/vs_seed_protocol.py --baseline-threads 1 --results runs/"
+    $B --only baseline --seeds 1 & $B --only baseline --seeds 2 & wait
+    $B --seeds 1 2
 """
 
 from __future__ import annotations
@@ -163,11 +172,34 @@ def _fmt(s: dict) -> str:
     return f"{s['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _kept(args: argparse.Namespace, side: str, seed: int, compute):  # noqa: ANN001, ANN202
+    """``compute()`` -> (wall, cpu, result), kept under ``--results`` and reused from there."""
+    if args.results is None:
+        return compute()
+    budget = f"{args.trials}t-{args.repeats}r-{args.max_epochs}e"
+    name = f"{side}-seed{seed}-{budget}-{args.data.replace(':', '_').replace(',', '_')}.json"
+    path = Path(args.results) / name
+    if path.exists():
+        kept = json.loads(path.read_text())
+        print(f"  {side}, seed {seed}: reusing {path} (measured {kept['at']})", flush=True)
+        return kept["wall"], kept["cpu"], kept["result"]
+    wall, cpu, result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    at = time.strftime("%Y-%m-%d %H:%M:%S")
+    load = os.getloadavg()[0]
+    record = {"wall": wall, "cpu": cpu, "result": result, "at": at, "load_at_end": load}
+    path.write_text(json.dumps(record, indent=1))
+    return wall, cpu, result
+
+
 def _timed_baseline(splits, args, seed: int, threads: int) -> tuple[float, float, dict]:  # noqa: ANN001
-    torch.set_num_threads(threads)
-    t0, c0 = time.perf_counter(), time.process_time()
-    result = seed_protocol(splits, args, seed)
-    return time.perf_counter() - t0, time.process_time() - c0, result
+    def compute() -> tuple[float, float, dict]:
+        torch.set_num_threads(threads)
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = seed_protocol(splits, args, seed)
+        return time.perf_counter() - t0, time.process_time() - c0, result
+
+    return _kept(args, f"original-{threads}threads", seed, compute)
 
 
 def main() -> None:
@@ -183,7 +215,19 @@ def main() -> None:
         default="both",
         help="run the original protocol at 1 thread, torch's default, or both (the faster counts)",
     )
+    ap.add_argument(
+        "--results",
+        metavar="DIR",
+        help="keep each side's result per seed here and reuse a kept one instead of rerunning it",
+    )
+    ap.add_argument(
+        "--only",
+        choices=["baseline", "rnntune"],
+        help="run just one side (with --results, to combine later)",
+    )
     args = ap.parse_args()
+    if args.only and not args.results:
+        ap.error("--only needs --results DIR, where the other side's run will find this result")
     default_threads = torch.get_num_threads()
     print(
         f"vs seed protocol: data {args.data}, {args.trials} trials, {args.repeats} repeats, "
@@ -196,14 +240,23 @@ def main() -> None:
         for seed in args.seeds:
             splits = split_dataset(load_dataset(args.data), seed=seed)
             base = {}
-            if args.baseline_threads in ("both", "1"):
-                base["1 thread"] = _timed_baseline(splits, args, seed, 1)
-            if args.baseline_threads in ("both", "default"):
-                base[f"{default_threads} threads"] = _timed_baseline(
-                    splits, args, seed, default_threads
-                )
+            if args.only != "rnntune":
+                if args.baseline_threads in ("both", "1"):
+                    base["1 thread"] = _timed_baseline(splits, args, seed, 1)
+                if args.baseline_threads in ("both", "default"):
+                    base[f"{default_threads} threads"] = _timed_baseline(
+                        splits, args, seed, default_threads
+                    )
             torch.set_num_threads(default_threads)
-            wall, cpu, ours = run_rnntune(args, seed, tmp)
+            if args.only == "baseline":
+                print(f"seed {seed}: original protocol kept in {args.results}", flush=True)
+                continue
+            wall, cpu, ours = _kept(
+                args, "rnntune", seed, lambda seed=seed: run_rnntune(args, seed, tmp)
+            )
+            if args.only == "rnntune":
+                print(f"seed {seed}: rnntune run {wall:.0f} s kept in {args.results}", flush=True)
+                continue
             best_name = min(base, key=lambda k: base[k][0])
             best_wall, best_cpu, theirs = base[best_name]
             ratio = best_wall / wall
@@ -229,6 +282,8 @@ def main() -> None:
                     f"{_fmt(ours[cell]['macro_f1']):>24}",
                     flush=True,
                 )
+    if not ratios:
+        return
     listed = ", ".join(f"{r:.2f}x" for r in ratios)
     print(f"\nratios {listed}; median {statistics.median(ratios):.2f}x")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
-from sqlalchemy import Select, select
+from sqlalchemy import Executable, select
 
 __all__ = [
     "OPTUNA_CHECKED",
@@ -74,7 +74,7 @@ def trial_id(trial: Trial | FrozenTrial) -> int:
     return int(trial._trial_id)
 
 
-def running_trial_heartbeats(sid: int) -> Select[Any]:
+def running_trial_heartbeats(sid: int) -> Executable:
     """``(trial_id, last heartbeat or None)`` of a study's RUNNING trials, as one query.
 
     Why: staleness must be judged on the database's clock with the experiment's grace period,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from rnntune import fastrnn
+from rnntune import fastrnn, workspace
 from rnntune.data import load_dataset, split_dataset
 from rnntune.exceptions import Interrupted
 from rnntune.fastrnn import FastGRU, FastRNN, gru_layer, rnn_layer
@@ -233,7 +233,7 @@ def test_reused_workspaces_change_nothing(kind: str) -> None:
     fast, _ = _pair(kind, 2, 6, batch_first=True)
     x = torch.randn(4, 9, 2)
     weights = torch.randn(4, 9, 6)
-    fastrnn._clear_pool()
+    workspace.clear()
     first = _run(fast, x, None, weights)  # fresh buffers
     again = _run(fast, x, None, weights)  # reused ones
     for a, b in zip([first[0], first[1], *first[2]], [again[0], again[1], *again[2]], strict=True):
@@ -253,13 +253,13 @@ def test_reused_workspaces_change_nothing(kind: str) -> None:
 
 
 def test_kept_workspaces_are_bounded() -> None:
-    fastrnn._clear_pool()
+    workspace.clear()
     fast, _ = _pair("gru", 1, 64, batch_first=True)
     for batch in range(1, 40):  # 39 shapes, each kept after its graph is freed
         fast(torch.randn(batch, 140, 1))[0].sum().backward()
-    assert 0 < fastrnn._pool_bytes <= fastrnn._KEEP_BYTES
-    kept = sum(ws.nbytes() for free in fastrnn._pool.values() for ws in free)
-    assert kept == fastrnn._pool_bytes
+    counted, held = workspace.kept_bytes()
+    assert 0 < counted <= workspace.KEEP_BYTES
+    assert held == counted
 
 
 def test_double_backward_is_refused_clearly() -> None:
@@ -276,7 +276,7 @@ def test_double_backward_is_refused_clearly() -> None:
 def test_inference_mode_no_grad_and_training_agree(kind: str) -> None:
     fast, _ = _pair(kind, 2, 6, batch_first=True)
     x = torch.randn(5, 7, 2)
-    fastrnn._clear_pool()
+    workspace.clear()
     # Inference mode first (validation before any training, in a fresh process): its
     # buffers are inference tensors, which training must not be handed.
     with torch.inference_mode():
@@ -337,7 +337,7 @@ def test_resume_is_bit_identical(
         fit(
             model, config, *small, checkpoint_path=ckpt, on_epoch=on_epoch, should_stop=lambda: stop
         )
-    fastrnn._clear_pool()  # as in a fresh process: no workspace survives
+    workspace.clear()  # as in a fresh process: no workspace survives
     resumed = fit(model, config, *small, checkpoint_path=ckpt)
     assert resumed.resumed_from_epoch == 2 and _history(resumed) == _history(straight)
     end_a = torch.load(tmp_path / "straight.pt", weights_only=True)["model"]

@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 PKG = SRC / "rnntune"
 
 # The model and its training loop: torch and numpy, no database, no Optuna, no CLI.
-ML = {"models", "fastrnn", "ensemble", "train", "stopping"}
+ML = {"models", "workspace", "fastrnn", "ensemble", "train", "stopping"}
 TORCH = ML - {"stopping"}  # stopping is plain Python: the report shows its rule
 # The two sides that write tuning and evaluation state, and the loop that drives them.
 WRITERS = {"tuning", "evaluation", "worker", "worker_registry"}
@@ -29,7 +29,7 @@ LEAVES = {
     "limits",
     "stopping",
     "baselines",
-    "fastrnn",
+    "workspace",
     "report.stats",
     "names",
 }

@@ -29,83 +29,17 @@ Pure torch: no I/O.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from typing import Any
 
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from rnntune.workspace import Lease, give, take
+
 __all__ = ["FastGRU", "FastRNN", "gru_layer", "rnn_layer"]
 
 _FAST_DTYPES = (torch.float32, torch.float64)
-
-
-# --------------------------------------------------------------------------------------------
-# Workspaces: buffers and per-step views, made once per shape and reused
-# --------------------------------------------------------------------------------------------
-#
-# A workspace is taken by a forward and given back when nothing can read it any more: at once
-# for a forward that will not be differentiated (its outputs are fresh tensors, never views
-# of a workspace), else when its graph is freed (a lease on the backward node gives it back),
-# so a retained graph can run backward again safely. Training alternates between two
-# workspaces per layer: the previous batch's graph lives until its loss is reassigned.
-
-_KEEP_PER_SHAPE = 4  # two alternating per layer, for up to two layers of one shape
-_KEEP_BYTES = 256 * 2**20  # at most this much kept (one workspace at T=140, H=B=64: 37 MB)
-_pool: OrderedDict[tuple[Any, ...], list[Any]] = OrderedDict()
-_pool_lock = threading.Lock()
-_pool_bytes = 0
-
-
-def _take(cls: type, T: int, B: int, H: int, like: torch.Tensor) -> Any:
-    global _pool_bytes
-    # Buffers made in inference mode are inference tensors: kept apart from the others.
-    key = (cls, T, B, H, like.dtype, like.device, torch.is_inference_mode_enabled())
-    with _pool_lock:
-        free = _pool.get(key)
-        if free:
-            ws = free.pop()
-            _pool_bytes -= ws.nbytes()
-            return ws
-    return cls(key, T, B, H, like)
-
-
-def _give(ws: Any) -> None:
-    global _pool_bytes
-    with _pool_lock:
-        free = _pool.setdefault(ws.key, [])
-        _pool.move_to_end(ws.key)
-        if len(free) < _KEEP_PER_SHAPE:
-            free.append(ws)
-            _pool_bytes += ws.nbytes()
-        while _pool_bytes > _KEEP_BYTES:  # the least recently used shapes go first
-            key, oldest = next(iter(_pool.items()))
-            if oldest:
-                _pool_bytes -= oldest.pop(0).nbytes()
-            else:
-                del _pool[key]
-
-
-def _clear_pool() -> None:
-    """Drop every kept workspace (tests: as in a fresh process)."""
-    global _pool_bytes
-    with _pool_lock:
-        _pool.clear()
-        _pool_bytes = 0
-
-
-class _Lease:
-    """Held by a backward node: gives its workspace back when the graph is freed."""
-
-    __slots__ = ("ws",)
-
-    def __init__(self, ws: Any) -> None:
-        self.ws = ws
-
-    def __del__(self) -> None:
-        _give(self.ws)
 
 
 def _steps(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, ...]:
@@ -195,7 +129,7 @@ class _GRUFunction(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         _, T, B = x.shape
         H = w_hh.shape[1]
-        ws = _take(_GRUBuffers, T, B, H, x)
+        ws = take(_GRUBuffers, (T, B, H), x)
         pre, s, u = ws.pre, ws.s, ws.u
         # W_hh h + b_hh = 2 W_hh u + (b_hh - W_hh 1); the n rows doubled again (s needs 2a).
         k = x.new_full((3 * H, 1), 2.0)
@@ -218,10 +152,10 @@ class _GRUFunction(torch.autograd.Function):
             torch.lerp(s_t[t], u_t[t], z_t[t], out=u_t[t + 1])  # u' = (h' + 1) / 2
         out = u[:, 1:].mul(2.0).sub_(1.0)  # (H, T, B), a fresh tensor
         if any(ctx.needs_input_grad):
-            ctx.lease = _Lease(ws)
+            ctx.lease = Lease(ws)
             ctx.save_for_backward(x, w_ih, w_hh, pre, s, u)
         else:
-            _give(ws)
+            give(ws)
         return out, out[:, T - 1].clone()
 
     @staticmethod
@@ -348,7 +282,7 @@ class _RNNFunction(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         F_, T, B = x.shape
         H = w_hh.shape[1]
-        ws = _take(_RNNBuffers, T, B, H, x)
+        ws = take(_RNNBuffers, (T, B, H), x)
         u, u_t = ws.u, ws.u_t
         if relu:
             w_u, w_x, bias = w_hh, w_ih, b_ih + b_hh
@@ -366,10 +300,10 @@ class _RNNFunction(torch.autograd.Function):
                 u_t[t + 1].addmm_(w_u, u_t[t]).sigmoid_()
         out = u[:, 1:].clone() if relu else u[:, 1:].mul(2.0).sub_(1.0)  # (H, T, B)
         if any(ctx.needs_input_grad):
-            ctx.lease, ctx.relu = _Lease(ws), relu
+            ctx.lease, ctx.relu = Lease(ws), relu
             ctx.save_for_backward(x, w_ih, w_hh, u)
         else:
-            _give(ws)
+            give(ws)
         return out, out[:, T - 1].clone()
 
     @staticmethod

@@ -19,10 +19,12 @@ Pure torch: no I/O, no Optuna, no database.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from rnntune import workspace
 from rnntune.models import ModelConfig
 
 __all__ = [
@@ -99,6 +101,7 @@ def logits(config: ModelConfig, params: Sequence[torch.Tensor], x: torch.Tensor)
     # long contiguous runs instead of strided H-wide rows.
     seq = x.permute(2, 0, 3, 1) if x.dim() == 4 else x.permute(1, 2, 0).unsqueeze(1)
     h = seq
+    train = torch.is_grad_enabled() and any(p.requires_grad for p in params)
     for layer in range(config.num_layers):
         w_ih, w_hh, b_ih, b_hh = params[4 * layer : 4 * layer + 4]
         # The head reads the last step, or the mean over time of every step's hidden state.
@@ -108,10 +111,10 @@ def logits(config: ModelConfig, params: Sequence[torch.Tensor], x: torch.Tensor)
         if config.cell == "gru":
             # b_hh's candidate part sits inside r * (W_hn h + b_hn), so it stays per step.
             gx = (proj + b_ih[:, :, None]).contiguous()
-            seq, h = _GRU.apply(gx, w_hh, b_hh, not last)
+            seq, h = _GRU.apply(gx, w_hh, b_hh, not last, train)
         else:
             gx = (proj + (b_ih + b_hh)[:, :, None]).contiguous()
-            seq, h = (_LSTM if config.cell == "lstm" else _RNN).apply(gx, w_hh, not last)
+            seq, h = (_LSTM if config.cell == "lstm" else _RNN).apply(gx, w_hh, not last, train)
     if config.readout == "mean":
         h = seq.mean(0)  # (T, k, H, B) -> (k, H, B)
     w_head, b_head = params[-2], params[-1]
@@ -149,88 +152,170 @@ def _add_output_grad(dh: torch.Tensor, grad_hs: torch.Tensor | None, t: int) -> 
     return dh + grad_hs[t] if grad_hs is not None and grad_hs.numel() else dh
 
 
+class _Buffers:
+    """A GRU or RNN ensemble layer's buffers for one shape (``rnntune.workspace``): ``hs``
+    (T+1, k, H, B) the states with the zero initial state in front; for a GRU ``pre``
+    (T, k, 3H, B) the gates and ``n`` (T, k, H, B) the candidate; and, made at the first
+    backward, ``D`` (T+1, k, H, B) the gradient into each state and, for a GRU, ``coef`` and
+    ``dg`` (backward factors and gate gradients, shaped like ``pre``). The per-step views
+    are taken once, so the loops create no tensors of their own."""
+
+    def __init__(self, key: tuple, T: int, k: int, G: int, H: int, B: int, like: torch.Tensor):
+        self.key = key
+        new: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
+        self.hs = torch.empty(T + 1, k, H, B, **new)
+        self.hs[0].zero_()
+        self.h_t = self.hs.unbind(0)
+        if G == 3:
+            self.pre = torch.empty(T, k, 3 * H, B, **new)
+            self.n = torch.empty(T, k, H, B, **new)
+            self.pre_t, self.n_t = self.pre.unbind(0), self.n.unbind(0)
+            self.rz_t = self.pre[:, :, : 2 * H].unbind(0)
+            self.r_t, self.z_t, self.gn_t = (
+                self.pre[:, :, i * H : (i + 1) * H].unbind(0) for i in range(3)
+            )
+        self.D: torch.Tensor | None = None
+
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in vars(self).values() if isinstance(v, torch.Tensor))
+
+    def backward_buffers(self, G: int) -> None:
+        if self.D is not None:
+            return
+        self.D = torch.empty_like(self.hs)
+        self.D_t, self.D1_t = self.D.unbind(0), self.D.unsqueeze(2).unbind(0)
+        if G == 3:
+            T1, k, H, B = self.hs.shape
+            self.a = torch.empty_like(self.n)
+            self.coef, self.dg = torch.empty_like(self.pre), torch.empty_like(self.pre)
+            self.dg_t = self.dg.unbind(0)
+            self.coef_t = self.coef.view(T1 - 1, k, 3, H, B).unbind(0)
+            self.dg3_t = self.dg.view(T1 - 1, k, 3, H, B).unbind(0)
+
+
+def _buffers(gx: torch.Tensor, G: int, train: bool) -> _Buffers:
+    """A workspace when the call will be differentiated, else fresh (inference batches are
+    large and come once an epoch: nothing to gain from keeping their buffers)."""
+    T, k, GH, B = gx.shape
+    dims = (T, k, G, GH // G, B)
+    if train:
+        return workspace.take(_Buffers, dims, gx)
+    return _Buffers(None, *dims, gx)  # type: ignore[arg-type]
+
+
+def _finish(ctx, ws: _Buffers, train: bool, keep_all: bool, *saved: torch.Tensor):  # noqa: ANN001, ANN202
+    """Save for backward (holding the workspace until the graph is freed); outputs are fresh
+    tensors, never views of a workspace."""
+    T = ws.hs.shape[0] - 1
+    if train:
+        ctx.lease = workspace.Lease(ws)
+        ctx.save_for_backward(*saved)
+    ctx.set_materialize_grads(False)
+    return (ws.hs[1:].clone() if keep_all else ws.hs.new_empty(0)), ws.hs[T].clone()
+
+
+def _output_grads(ws: _Buffers, grad_hs: torch.Tensor | None, grad_h: torch.Tensor | None):  # noqa: ANN202
+    """``D[j]`` starts as the gradient from outside the layer into the hidden state ``h_j``
+    (``h_0`` the zero initial state, ``h_{t+1}`` step t's output); the backward loop then adds
+    what flows back through the recurrence."""
+    D = ws.D
+    assert D is not None
+    T = D.shape[0] - 1
+    D[0].zero_()
+    if grad_hs is not None and grad_hs.numel():
+        D[1:].copy_(grad_hs)
+    else:
+        D[1:].zero_()
+    if grad_h is not None:
+        D[T].add_(grad_h)
+    return D
+
+
+# A step is a few in-place or ``out=`` ops on a workspace's per-step views. Backward first
+# computes, for all steps at once, each gate's derivative as a factor of the incoming gradient;
+# a step of backward is then one product with those factors and one batched matmul.
+
+
 class _RNN(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gx, w_hh, keep_all):  # type: ignore[override]
-        T, k, H, B = gx.shape
-        hs = gx.new_empty(T, k, H, B)
-        h = gx.new_zeros(k, H, B)
-        for t in range(T):
-            h = torch.baddbmm(gx[t], w_hh, h, out=hs[t]).tanh_()
-        ctx.save_for_backward(hs, w_hh)
-        ctx.set_materialize_grads(False)
-        return (hs if keep_all else hs.new_empty(0)), h.clone()
+    def forward(ctx, gx, w_hh, keep_all, train):  # type: ignore[override]
+        ws = _buffers(gx, 1, train)
+        h_t, gx_t = ws.h_t, gx.unbind(0)
+        for t in range(gx.shape[0]):
+            torch.baddbmm(gx_t[t], w_hh, h_t[t], out=h_t[t + 1]).tanh_()
+        return _finish(ctx, ws, train, keep_all, ws.hs, w_hh)
 
     @staticmethod
     def backward(ctx, grad_hs, grad_h):  # type: ignore[override]
         hs, w_hh = ctx.saved_tensors
-        T, k, H, B = hs.shape
-        w_hh_t = w_hh.transpose(1, 2)
-        dgx = torch.empty_like(hs)
-        ones = hs.new_ones(k, H, B)
-        dh = grad_h if grad_h is not None else hs.new_zeros(k, H, B)
+        ws = ctx.lease.ws
+        ws.backward_buffers(1)
+        T = hs.shape[0] - 1
+        w_hh_t = w_hh.transpose(1, 2).contiguous()
+        _output_grads(ws, grad_hs, grad_h)
+        d = torch.addcmul(torch.ones_like(hs[1:]), hs[1:], hs[1:], value=-1)  # tanh'
+        D_t, d_t = ws.D_t, d.unbind(0)
         for t in range(T - 1, -1, -1):
-            dh = _add_output_grad(dh, grad_hs, t)
-            h = hs[t]
-            d = torch.mul(dh, torch.addcmul(ones, h, h, value=-1), out=dgx[t])
-            dh = torch.bmm(w_hh_t, d)
-        return dgx, _weight_grad(dgx, _previous(hs)), None
+            d_t[t].mul_(D_t[t + 1])
+            D_t[t].baddbmm_(w_hh_t, d_t[t])
+        return d, _weight_grad(d, hs[:T]), None, None
 
 
 class _GRU(torch.autograd.Function):
+    # Gates r, z, n in torch's order; per step, after the loop's ops, ``pre`` holds r and z
+    # (after their sigmoids) and gn = W_hn h + b_hn; ``n`` the candidate.
+
     @staticmethod
-    def forward(ctx, gx, w_hh, b_hh, keep_all):  # type: ignore[override]
+    def forward(ctx, gx, w_hh, b_hh, keep_all, train):  # type: ignore[override]
         T, k, G, B = gx.shape
         H = G // 3
-        bias = b_hh[:, :, None]
-        hs = gx.new_empty(T, k, H, B)
-        rz_all = gx.new_empty(T, k, 2 * H, B)
-        n_all = gx.new_empty(T, k, H, B)
-        gh_all = gx.new_empty(T, k, G, B)
-        h = gx.new_zeros(k, H, B)
+        ws = _buffers(gx, 3, train)
+        pre, n = ws.pre, ws.n
+        torch.add(gx[:, :, : 2 * H], b_hh[:, : 2 * H, None], out=pre[:, :, : 2 * H])
+        pre[:, :, 2 * H :] = b_hh[:, 2 * H :, None]
+        n.copy_(gx[:, :, 2 * H :])
+        pre_t, rz_t, n_t, h_t = ws.pre_t, ws.rz_t, ws.n_t, ws.h_t
+        r_t, z_t, gn_t = ws.r_t, ws.z_t, ws.gn_t
         for t in range(T):
-            gh = torch.baddbmm(bias, w_hh, h, out=gh_all[t])  # (k, 3H, B)
-            rz = torch.add(gx[t, :, : 2 * H], gh[:, : 2 * H], out=rz_all[t]).sigmoid_()
-            n = torch.addcmul(gx[t, :, 2 * H :], rz[:, :H], gh[:, 2 * H :], out=n_all[t])
-            n.tanh_()
-            h = torch.lerp(n, h, rz[:, H:], out=hs[t])  # (1 - z) * n + z * h
-        ctx.save_for_backward(hs, rz_all, n_all, gh_all, w_hh)
-        ctx.set_materialize_grads(False)
-        return (hs if keep_all else hs.new_empty(0)), h.clone()
+            pre_t[t].baddbmm_(w_hh, h_t[t])
+            rz_t[t].sigmoid_()
+            n_t[t].addcmul_(r_t[t], gn_t[t]).tanh_()
+            torch.lerp(n_t[t], h_t[t], z_t[t], out=h_t[t + 1])  # (1 - z) n + z h
+        return _finish(ctx, ws, train, keep_all, ws.hs, pre, n, w_hh)
 
     @staticmethod
     def backward(ctx, grad_hs, grad_h):  # type: ignore[override]
-        hs, rz_all, n_all, gh_all, w_hh = ctx.saved_tensors
-        T, k, H, B = hs.shape
-        w_hh_t = w_hh.transpose(1, 2)
-        dgh_all = hs.new_empty(T, k, 3 * H, B)  # d(W_hh h + b_hh)
-        dpre_n_all = hs.new_empty(T, k, H, B)  # d(candidate pre-activation) = its gx grad
-        h_prev = _previous(hs)
-        ones = hs.new_ones(k, H, B)
-        dh = grad_h if grad_h is not None else hs.new_zeros(k, H, B)
+        hs, pre, n, w_hh = ctx.saved_tensors
+        ws = ctx.lease.ws
+        ws.backward_buffers(3)
+        T, k, G, B = pre.shape
+        H = G // 3
+        r, z, gn = pre[:, :, :H], pre[:, :, H : 2 * H], pre[:, :, 2 * H :]
+        # Each gate pre-activation's derivative is dh times a factor independent of dh:
+        #   d(W_in x + b_in) = a dh,        a   = (1 - z)(1 - n^2)
+        #   d(gn)            = c_n dh,      c_n = a r
+        #   d(r pre-act.)    = c_r dh,      c_r = a r (1 - r) gn
+        #   d(z pre-act.)    = c_z dh,      c_z = (h_prev - n) z (1 - z)
+        a, coef = ws.a, ws.coef
+        torch.mul(n, n, out=a).neg_().add_(1.0).addcmul_(a, z, value=-1)
+        c_r, c_z, c_n = coef[:, :, :H], coef[:, :, H : 2 * H], coef[:, :, 2 * H :]
+        torch.mul(a, r, out=c_n)
+        torch.addcmul(c_n, c_n, r, value=-1, out=c_r).mul_(gn)
+        torch.sub(hs[:T], n, out=c_z).mul_(torch.addcmul(z, z, z, value=-1))
+        D = _output_grads(ws, grad_hs, grad_h)
+        w_hh_t = w_hh.transpose(1, 2).contiguous()
+        coef_t, dg3_t, dg_t, D_t, D1_t = ws.coef_t, ws.dg3_t, ws.dg_t, ws.D_t, ws.D1_t
         for t in range(T - 1, -1, -1):
-            dh = _add_output_grad(dh, grad_hs, t)
-            rz, n, ghn = rz_all[t], n_all[t], gh_all[t, :, 2 * H :]
-            r, z = rz[:, :H], rz[:, H:]
-            drz = torch.addcmul(rz, rz, rz, value=-1)  # sigmoid': s (1 - s)
-            d = dgh_all[t]
-            # candidate: dh (1 - z) (1 - n^2)
-            dpre_n = torch.mul(
-                torch.addcmul(dh, dh, z, value=-1),
-                torch.addcmul(ones, n, n, value=-1),
-                out=dpre_n_all[t],
-            )
-            torch.mul(dh * (h_prev[t] - n), drz[:, H:], out=d[:, H : 2 * H])  # z
-            torch.mul(dpre_n * ghn, drz[:, :H], out=d[:, :H])  # r
-            torch.mul(dpre_n, r, out=d[:, 2 * H :])
-            dh = torch.baddbmm(dh * z, w_hh_t, d)
-        dgx = torch.cat([dgh_all[:, :, : 2 * H], dpre_n_all], dim=2)
-        return dgx, _weight_grad(dgh_all, h_prev), _bias_grad(dgh_all), None
+            torch.mul(coef_t[t], D1_t[t + 1], out=dg3_t[t])
+            D_t[t].addcmul_(ws.z_t[t], D_t[t + 1]).baddbmm_(w_hh_t, dg_t[t])
+        dg = ws.dg  # d(W_hh h + b_hh) per step
+        dgx = torch.cat([dg[:, :, : 2 * H], a.mul_(D[1:])], dim=2)
+        return dgx, _weight_grad(dg, hs[:T]), _bias_grad(dg), None, None
 
 
 class _LSTM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gx, w_hh, keep_all):  # type: ignore[override]
+    def forward(ctx, gx, w_hh, keep_all, train):  # type: ignore[override]
         T, k, G, B = gx.shape
         H = G // 4
         hs = gx.new_empty(T, k, H, B)
@@ -275,7 +360,7 @@ class _LSTM(torch.autograd.Function):
             dg = torch.mul(dact, deriv, out=dgx[t])
             dc = dc * f
             dh = torch.bmm(w_hh_t, dg)
-        return dgx, _weight_grad(dgx, _previous(hs)), None
+        return dgx, _weight_grad(dgx, _previous(hs)), None, None
 
 
 def member_losses(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

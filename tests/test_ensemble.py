@@ -190,3 +190,34 @@ def test_hand_written_backward_gradcheck(cell: str, readout: str) -> None:
     assert torch.autograd.gradcheck(
         lambda *ps: ensemble.logits(config, ps, x), tuple(params), eps=1e-6, atol=1e-5
     )
+
+
+def test_validation_holds_one_models_batch_of_rows_across_the_members(
+    small: tuple[np.ndarray, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """k members validate a k-th of one model's batch of rows at a time: the whole batch at
+    once held k times the buffers (measured: 9.3 GB peak for 10 GRU-32 members on 4,096
+    sequences of 140 steps), and the members' results are the same either way."""
+    from rnntune import train
+
+    X_train, y_train, X_val, y_val, X_test = small
+    config = ModelConfig("gru", 3, 8)
+    configs = _configs([0, 1, 2, 3], max_epochs=2)
+    whole = fit_ensemble(config, configs, X_train, y_train, X_val, y_val)
+    rows: list[int] = []
+    real = ensemble.logits
+
+    def recording(cfg, params, x):  # noqa: ANN001, ANN202
+        if not torch.is_grad_enabled():
+            rows.append(x.shape[0])
+        return real(cfg, params, x)
+
+    monkeypatch.setattr(train, "_EVAL_BATCH", 40)
+    monkeypatch.setattr(ensemble, "logits", recording)
+    chunked = fit_ensemble(config, configs, X_train, y_train, X_val, y_val)
+    assert rows and max(rows) == 10 and sum(rows) == 2 * len(X_val)
+    for a, b in zip(whole, chunked, strict=True):
+        assert [h.val_metric for h in a.history] == [h.val_metric for h in b.history]
+        np.testing.assert_allclose(
+            predict_proba(a.model, X_test), predict_proba(b.model, X_test), atol=1e-6
+        )

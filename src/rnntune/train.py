@@ -633,8 +633,10 @@ def fit_ensemble(
                 total.add_(losses.detach(), alpha=idx.shape[1])
             train_losses = (total / n).tolist()
             with torch.inference_mode():
+                # k members hold k times one model's buffers: a k-th of its rows at a time.
+                chunk = max(1, _EVAL_BATCH // len(active))
                 val_logits = torch.cat(
-                    [ensemble.logits(model_config, params, xb) for xb in X_v.split(_EVAL_BATCH)],
+                    [ensemble.logits(model_config, params, xb) for xb in X_v.split(chunk)],
                     dim=1,
                 ).float()  # (k, N_val, C)
                 val_losses = ensemble.member_losses(

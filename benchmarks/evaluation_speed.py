@@ -13,6 +13,16 @@ says what a worker does with that family on this device (``ensemble.group_size``
 
     python benchmarks/evaluation_speed.py                      # ECG-shaped data, hidden 32
     python benchmarks/evaluation_speed.py --hidden 16 64 --data synthetic:n=4000,length=50
+    python benchmarks/evaluation_speed.py --ceiling-only        # the batching ceiling alone
+
+It ends with the *batching ceiling* of this CPU: a step of a recurrent layer is one matrix
+product with the recurrent weights and a few elementwise ops on the gates, and batching k
+members can at most turn k small ops into one k times larger. For each hidden size it times the
+two primitives of a GRU step (the ``(3H, H) @ (H, B)`` product and a sigmoid over the ``(3H, B)``
+gates), k times on one member's tensors against once on the k members' stacked tensors. Their
+ratio bounds what any batched implementation can gain over a lean one-at-a-time layer whose
+steps are those same primitives (as ``rnntune.fastrnn``'s are): where it is near 1, the
+one-at-a-time layer is already arithmetic-bound, not overhead-bound.
 """
 
 from __future__ import annotations
@@ -42,10 +52,16 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=4)
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--ceiling-only", action="store_true", help="print only the batching ceiling (seconds)"
+    )
     args = ap.parse_args()
 
     set_threads(args.threads)
     warm_up()
+    if args.ceiling_only:
+        ceiling(args.hidden, args.batch_size, args.repeats)
+        return
     splits = split_dataset(load_dataset(args.data), seed=0)
     X_train, y_train, X_val, y_val = splits.fit_parts()
     n, T, F = X_train.shape
@@ -105,6 +121,45 @@ def main() -> None:
         f"{statistics.geometric_mean(ratios.values()):.2f}x; "
         f"as workers choose (LSTM one by one on CPU): {statistics.geometric_mean(used):.2f}x"
     )
+    ceiling(args.hidden, args.batch_size, args.repeats)
+
+
+def _per_call(fn, budget: float = 0.4) -> float:  # noqa: ANN001
+    """Median CPU seconds per call of ``fn`` over 5 rounds of about ``budget / 5`` s each."""
+    rounds = []
+    for _ in range(5):
+        n, c0 = 0, time.process_time()
+        while time.process_time() - c0 < budget / 5:
+            fn()
+            n += 1
+        rounds.append((time.process_time() - c0) / n)
+    return statistics.median(rounds)
+
+
+def ceiling(hiddens: list[int], batch: int, k: int) -> None:
+    """The batching ceiling: k one-member primitives against one k-member primitive."""
+    print(
+        f"\nbatching ceiling, {k} members, batch {batch}, one GRU step's primitives, "
+        "CPU time per call (k one-member calls : one k-member call)"
+    )
+    print(f"{'hidden':>6} {'matmul k x 1':>13} {'k-batched':>10} {'ratio':>6} "
+          f"{'sigmoid k x 1':>14} {'k-batched':>10} {'ratio':>6}")  # fmt: skip
+    for H in hiddens:
+        w1, h1, o1 = torch.randn(3 * H, H), torch.randn(H, batch), torch.randn(3 * H, batch)
+        wk, hk, ok = (
+            torch.randn(k, 3 * H, H),
+            torch.randn(k, H, batch),
+            torch.randn(k, 3 * H, batch),
+        )
+        g1, gk = torch.randn(3 * H, batch), torch.randn(k, 3 * H, batch)
+        mm1 = k * _per_call(lambda o1=o1, w1=w1, h1=h1: torch.addmm(o1, w1, h1, out=o1))
+        mmk = _per_call(lambda ok=ok, wk=wk, hk=hk: torch.baddbmm(ok, wk, hk, out=ok))
+        sg1 = k * _per_call(lambda g1=g1: torch.sigmoid(g1, out=g1))
+        sgk = _per_call(lambda gk=gk: torch.sigmoid(gk, out=gk))
+        print(
+            f"{H:>6} {mm1 * 1e6:>11.1f}us {mmk * 1e6:>8.1f}us {mm1 / mmk:>5.2f}x "
+            f"{sg1 * 1e6:>12.1f}us {sgk * 1e6:>8.1f}us {sg1 / sgk:>5.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ median ratio over the seeds.
 The original protocol is the slow side (about 55 minutes a seed at the seed's budget on one
 core). ``--results DIR`` keeps each side's result per seed (keyed by data, budget, seed and
 threads) and reuses it on the next run, and ``--only baseline`` runs just that side, so two
-seeds' baselines can run side by side, one core each, and the comparison afterwards:
+seeds' baselines can run side by side, one core each, and the comparison afterwards (rnntune's
+whole report, with each family's best configuration and compute, is kept there too):
 
     B="python benchmarks/vs_seed_protocol.py --baseline-threads 1 --results runs/"
     $B --only baseline --seeds 1 & $B --only baseline --seeds 2 & wait
@@ -42,6 +43,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -157,7 +159,12 @@ def run_rnntune(args: argparse.Namespace, seed: int, tmp: Path) -> tuple[float, 
     wall, cpu = time.perf_counter() - t0, _children_cpu() - c0
     if proc.returncode != 0:
         sys.exit(f"rnntune run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    report = json.loads((tmp / f"reports-{seed}" / "report.json").read_text())
+    report_path = tmp / f"reports-{seed}" / "report.json"
+    if args.results is not None:  # the whole report: best configurations, the compute ledger
+        kept = _result_path(args, "rnntune-report", seed)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(report_path, kept)
+    report = json.loads(report_path.read_text())
     out = {}
     for cell in FAMILIES:
         summary = report["families"][cell]["summary"]
@@ -172,13 +179,17 @@ def _fmt(s: dict) -> str:
     return f"{s['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _result_path(args: argparse.Namespace, side: str, seed: int) -> Path:
+    budget = f"{args.trials}t-{args.repeats}r-{args.max_epochs}e"
+    data = args.data.replace(":", "_").replace(",", "_")
+    return Path(args.results) / f"{side}-seed{seed}-{budget}-{data}.json"
+
+
 def _kept(args: argparse.Namespace, side: str, seed: int, compute):  # noqa: ANN001, ANN202
     """``compute()`` -> (wall, cpu, result), kept under ``--results`` and reused from there."""
     if args.results is None:
         return compute()
-    budget = f"{args.trials}t-{args.repeats}r-{args.max_epochs}e"
-    name = f"{side}-seed{seed}-{budget}-{args.data.replace(':', '_').replace(',', '_')}.json"
-    path = Path(args.results) / name
+    path = _result_path(args, side, seed)
     if path.exists():
         kept = json.loads(path.read_text())
         print(f"  {side}, seed {seed}: reusing {path} (measured {kept['at']})", flush=True)

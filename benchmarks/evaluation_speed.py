@@ -14,6 +14,12 @@ says what a worker does with that family on this device (``ensemble.group_size``
     python benchmarks/evaluation_speed.py                      # ECG-shaped data, hidden 32
     python benchmarks/evaluation_speed.py --hidden 16 64 --data synthetic:n=4000,length=50
     python benchmarks/evaluation_speed.py --ceiling-only        # the batching ceiling alone
+    python benchmarks/evaluation_speed.py --one-by-one torch    # against torch's own layers
+
+``--one-by-one torch`` trains the one-after-another side with torch's ``nn.GRU``/``nn.RNN``
+instead of ``rnntune.fastrnn``'s layers (same parameters, initialisation and seeds): what a
+repeat cost before the fast layer and the ensemble, so the ratio is the evaluation phase's whole
+speed-up, not only the ensemble's.
 
 It ends with the *batching ceiling* of this CPU: a step of a recurrent layer is one matrix
 product with the recurrent weights and a few elementwise ops on the gates, and batching k
@@ -31,11 +37,14 @@ import argparse
 import platform
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
+from torch import nn
 
-from rnntune import ensemble
+from rnntune import ensemble, models
 from rnntune.data import load_dataset, split_dataset
 from rnntune.models import FAMILIES, ModelConfig
 from rnntune.train import TrainConfig, fit, fit_ensemble, predict_proba, set_threads, warm_up
@@ -53,6 +62,12 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
+        "--one-by-one",
+        choices=["fast", "torch"],
+        default="fast",
+        help="the layers of the one-after-another side: rnntune's fast ones or torch's own",
+    )
+    ap.add_argument(
         "--ceiling-only", action="store_true", help="print only the batching ceiling (seconds)"
     )
     args = ap.parse_args()
@@ -69,7 +84,8 @@ def main() -> None:
         f"evaluation speed: {args.repeats} repeats per family, data {args.data} "
         f"(train {n} x {T} steps x {F}), batch {args.batch_size}, at most {args.max_epochs} "
         f"epochs (patience {args.patience}), {args.threads} thread(s), torch {torch.__version__}, "
-        f"{platform.processor() or platform.machine()}"
+        f"{platform.processor() or platform.machine()}; one by one with "
+        + ("torch's own GRU/RNN layers" if args.one_by_one == "torch" else "rnntune's fast layers")
     )
     print(
         f"{'family':<6} {'hidden':>6} {'epochs':>7} {'one by one':>11} {'ensemble':>9} "
@@ -90,7 +106,8 @@ def main() -> None:
                 for seed in range(args.repeats)
             ]
             c0, w0 = time.process_time(), time.perf_counter()
-            solo = [fit(config, tc, X_train, y_train, X_val, y_val) for tc in configs]
+            with _torch_layers() if args.one_by_one == "torch" else nullcontext():
+                solo = [fit(config, tc, X_train, y_train, X_val, y_val) for tc in configs]
             c_solo, w_solo = time.process_time() - c0, time.perf_counter() - w0
             c0, w0 = time.process_time(), time.perf_counter()
             members = fit_ensemble(config, configs, X_train, y_train, X_val, y_val)
@@ -122,6 +139,17 @@ def main() -> None:
         f"as workers choose (LSTM one by one on CPU): {statistics.geometric_mean(used):.2f}x"
     )
     ceiling(args.hidden, args.batch_size, args.repeats)
+
+
+@contextmanager
+def _torch_layers() -> Iterator[None]:
+    """Models built meanwhile use torch's nn.GRU / nn.RNN (same parameters and init)."""
+    saved = dict(models._CELLS)
+    models._CELLS.update(rnn=nn.RNN, gru=nn.GRU)
+    try:
+        yield
+    finally:
+        models._CELLS.update(saved)
 
 
 def _per_call(fn, budget: float = 0.4) -> float:  # noqa: ANN001

@@ -53,10 +53,12 @@ def group_size(config: ModelConfig, device: str) -> int:
 
     Measured on one CPU thread against the fast single-model layers of ``rnntune.fastrnn``
     (``benchmarks/evaluation_speed.py --families rnn gru --hidden 16 32 64``, T=140, B=32, 10
-    repeats): the ensemble is 1.5x (RNN) / 1.3x (GRU) faster at hidden 16, 1.2x / 1.0x at 32 and
-    slower at 64 (0.9x RNN), so it is used on CPU for GRU and RNN up to hidden 32 only. torch's
-    LSTM is one fused oneDNN kernel on CPU that beats the batched loop member for member. On a
-    GPU every family is latency-bound at these sizes, so all batch (not measured here: no GPU).
+    repeats): the ensemble is 1.9x (RNN) / 1.7x (GRU) faster at hidden 16, 1.4x / 1.1x at 32,
+    and at 64 1.2x (RNN, one run) / 0.65x (GRU), so it is used on CPU for GRU and RNN up to
+    hidden 32. The same benchmark's batching ceiling (k small products against one batched
+    product) bounds it: about 3.5x at hidden 16, 2x at 32, 1.2-1.6x at 64. torch's LSTM is one
+    fused oneDNN kernel on CPU that beats the batched loop member for member. On a GPU every
+    family is latency-bound at these sizes, so all batch (not measured here: no GPU).
     """
     if not supports(config):
         return 1

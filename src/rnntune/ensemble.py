@@ -154,7 +154,7 @@ def _add_output_grad(dh: torch.Tensor, grad_hs: torch.Tensor | None, t: int) -> 
     return dh + grad_hs[t] if grad_hs is not None and grad_hs.numel() else dh
 
 
-class _Buffers:
+class _Buffers(workspace.Buffers):
     """A GRU or RNN ensemble layer's buffers for one shape (``rnntune.workspace``): ``hs``
     (T+1, k, H, B) the states with the zero initial state in front; for a GRU ``pre``
     (T, k, 3H, B) the gates and ``n`` (T, k, H, B) the candidate; and, made at the first
@@ -162,8 +162,17 @@ class _Buffers:
     ``dg`` (backward factors and gate gradients, shaped like ``pre``). The per-step views
     are taken once, so the loops create no tensors of their own."""
 
-    def __init__(self, key: tuple, T: int, k: int, G: int, H: int, B: int, like: torch.Tensor):
-        self.key = key
+    def __init__(
+        self,
+        key: tuple[Any, ...] | None,
+        T: int,
+        k: int,
+        G: int,
+        H: int,
+        B: int,
+        like: torch.Tensor,
+    ) -> None:
+        super().__init__(key)
         new: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
         self.hs = torch.empty(T + 1, k, H, B, **new)
         self.hs[0].zero_()
@@ -178,16 +187,14 @@ class _Buffers:
             )
         self.D: torch.Tensor | None = None
 
-    def nbytes(self) -> int:
-        return sum(v.nbytes for v in vars(self).values() if isinstance(v, torch.Tensor))
-
     def backward_buffers(self, G: int) -> None:
         if self.D is not None:
             return
         self.D = torch.empty_like(self.hs)
-        self.D_t, self.D1_t = self.D.unbind(0), self.D.unsqueeze(2).unbind(0)
+        self.D_t = self.D.unbind(0)
         if G == 3:
             T1, k, H, B = self.hs.shape
+            self.D1_t = self.D.unsqueeze(2).unbind(0)  # (k, 1, H, B): broadcast over the gates
             self.a = torch.empty_like(self.n)
             self.coef, self.dg = torch.empty_like(self.pre), torch.empty_like(self.pre)
             self.dg_t = self.dg.unbind(0)
@@ -202,7 +209,7 @@ def _buffers(gx: torch.Tensor, G: int, train: bool) -> _Buffers:
     dims = (T, k, G, GH // G, B)
     if train:
         return workspace.take(_Buffers, dims, gx)
-    return _Buffers(None, *dims, gx)  # type: ignore[arg-type]
+    return _Buffers(None, *dims, gx)
 
 
 def _finish(ctx, ws: _Buffers, train: bool, keep_all: bool, *saved: torch.Tensor):  # noqa: ANN001, ANN202

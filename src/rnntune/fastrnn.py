@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from rnntune.workspace import Lease, give, take
+from rnntune.workspace import Buffers, Lease, give, take
 
 __all__ = ["FastGRU", "FastRNN", "gru_layer", "rnn_layer"]
 
@@ -67,9 +67,9 @@ def _steps(t: torch.Tensor, dim: int) -> tuple[torch.Tensor, ...]:
 # u: one op, and sigmoid costs a third of tanh on the CPU.
 
 
-class _GRUBuffers:
+class _GRUBuffers(Buffers):
     def __init__(self, key: tuple[Any, ...], T: int, B: int, H: int, like: torch.Tensor):
-        self.key = key
+        super().__init__(key)
         new: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
         # Forward. pre: r, z (after the loop) and 2 (W_hn h + b_hn); s = (n + 1) / 2; u.
         self.pre = torch.empty(T, 3 * H, B, **new)
@@ -82,9 +82,6 @@ class _GRUBuffers:
         self.gn_t = _steps(self.pre[:, 2 * H :], 0)
         # Backward, made at the first backward.
         self.coef: torch.Tensor | None = None
-
-    def nbytes(self) -> int:
-        return sum(v.nbytes for v in vars(self).values() if isinstance(v, torch.Tensor))
 
     def backward_buffers(self) -> None:
         if self.coef is not None:
@@ -243,16 +240,13 @@ def _feature_major(x: torch.Tensor) -> torch.Tensor:
 # u = (h + 1) / 2 = sigmoid(2a), like the GRU's candidate.
 
 
-class _RNNBuffers:
+class _RNNBuffers(Buffers):
     def __init__(self, key: tuple[Any, ...], T: int, B: int, H: int, like: torch.Tensor):
-        self.key = key
+        super().__init__(key)
         new: dict[str, Any] = {"dtype": like.dtype, "device": like.device}
         self.u = torch.empty(H, T + 1, B, **new)  # states u_0 .. u_T (or h for relu)
         self.u_t = _steps(self.u, 1)
         self.act: torch.Tensor | None = None
-
-    def nbytes(self) -> int:
-        return sum(v.nbytes for v in vars(self).values() if isinstance(v, torch.Tensor))
 
     def backward_buffers(self) -> None:
         if self.act is not None:

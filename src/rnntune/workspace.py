@@ -13,7 +13,7 @@ workspace), else when its graph is freed (a :class:`Lease` on the backward node 
 so a retained graph can run backward again safely. Training alternates between two workspaces
 per layer: the previous batch's graph lives until its loss is reassigned.
 
-A workspace class is built as ``cls(key, *dims, like)`` and has ``key`` and ``nbytes()``.
+A workspace class subclasses :class:`Buffers` and is built as ``cls(key, *dims, like)``.
 
 Pure torch: no I/O.
 """
@@ -26,7 +26,18 @@ from typing import Any
 
 import torch
 
-__all__ = ["KEEP_BYTES", "Lease", "clear", "give", "kept_bytes", "take"]
+__all__ = ["KEEP_BYTES", "Buffers", "Lease", "clear", "give", "kept_bytes", "take"]
+
+
+class Buffers:
+    """A workspace: its pool key and its tensors (every tensor attribute counts in ``nbytes``)."""
+
+    def __init__(self, key: tuple[Any, ...] | None) -> None:
+        self.key = key
+
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in vars(self).values() if isinstance(v, torch.Tensor))
+
 
 _KEEP_PER_SHAPE = 4  # two alternating per layer, for up to two layers of one shape
 KEEP_BYTES = 256 * 2**20  # at most this much kept (one GRU workspace at T=140, H=B=64: 37 MB)
@@ -35,7 +46,7 @@ _pool_lock = threading.Lock()
 _pool_bytes = 0
 
 
-def take(cls: type, dims: tuple[int, ...], like: torch.Tensor) -> Any:
+def take(cls: type[Buffers], dims: tuple[int, ...], like: torch.Tensor) -> Any:
     """A free workspace of ``cls`` for ``dims`` and ``like``'s dtype and device, or a new one."""
     global _pool_bytes
     # Buffers made in inference mode are inference tensors: kept apart from the others.
@@ -46,12 +57,13 @@ def take(cls: type, dims: tuple[int, ...], like: torch.Tensor) -> Any:
             ws = free.pop()
             _pool_bytes -= ws.nbytes()
             return ws
-    return cls(key, *dims, like)
+    return cls(key, *dims, like)  # type: ignore[call-arg]
 
 
-def give(ws: Any) -> None:
+def give(ws: Buffers) -> None:
     """Hand ``ws`` back: kept for the next call of its shape, within :data:`KEEP_BYTES`."""
     global _pool_bytes
+    assert ws.key is not None, "only a workspace from take() goes back to the pool"
     with _pool_lock:
         free = _pool.setdefault(ws.key, [])
         _pool.move_to_end(ws.key)

@@ -111,9 +111,8 @@ def logits(config: ModelConfig, params: Sequence[torch.Tensor], x: torch.Tensor)
         # The input projection of every step in one product: (T, k, G*H, B).
         proj = torch.matmul(w_ih, seq)
         if config.cell == "gru":
-            # b_hh's candidate part sits inside r * (W_hn h + b_hn), so it stays per step.
-            gx = (proj + b_ih[:, :, None]).contiguous()
-            seq, h = _GRU.apply(gx, w_hh, b_hh, not last, train)
+            # The biases go straight into the layer's buffers (one pass, no copy of proj).
+            seq, h = _GRU.apply(proj, b_ih, w_hh, b_hh, not last, train)
         else:
             gx = (proj + (b_ih + b_hh)[:, :, None]).contiguous()
             seq, h = (_LSTM if config.cell == "lstm" else _RNN).apply(gx, w_hh, not last, train)
@@ -275,14 +274,17 @@ class _GRU(torch.autograd.Function):
     # (after their sigmoids) and gn = W_hn h + b_hn; ``n`` the candidate.
 
     @staticmethod
-    def forward(ctx, gx, w_hh, b_hh, keep_all, train):  # type: ignore[override]
-        T, k, G, B = gx.shape
+    def forward(ctx, proj, b_ih, w_hh, b_hh, keep_all, train):  # type: ignore[override]
+        # proj = W_ih x for every step (T, k, 3H, B). b_hh's candidate part sits inside
+        # r * (W_hn h + b_hn), so it stays per step; the others join the input projection.
+        T, k, G, B = proj.shape
         H = G // 3
-        ws = _buffers(gx, 3, train)
+        ws = _buffers(proj, 3, train)
         pre, n = ws.pre, ws.n
-        torch.add(gx[:, :, : 2 * H], b_hh[:, : 2 * H, None], out=pre[:, :, : 2 * H])
+        bias_rz = (b_ih[:, : 2 * H] + b_hh[:, : 2 * H])[:, :, None]
+        torch.add(proj[:, :, : 2 * H], bias_rz, out=pre[:, :, : 2 * H])
         pre[:, :, 2 * H :] = b_hh[:, 2 * H :, None]
-        n.copy_(gx[:, :, 2 * H :])
+        torch.add(proj[:, :, 2 * H :], b_ih[:, 2 * H :, None], out=n)
         pre_t, rz_t, n_t, h_t = ws.pre_t, ws.rz_t, ws.n_t, ws.h_t
         r_t, z_t, gn_t = ws.r_t, ws.z_t, ws.gn_t
         for t in range(T):
@@ -318,8 +320,8 @@ class _GRU(torch.autograd.Function):
             torch.mul(coef_t[t], D1_t[t + 1], out=dg3_t[t])
             D_t[t].addcmul_(ws.z_t[t], D_t[t + 1]).baddbmm_(w_hh_t, dg_t[t])
         dg = ws.dg  # d(W_hh h + b_hh) per step
-        dgx = torch.cat([dg[:, :, : 2 * H], a.mul_(D[1:])], dim=2)
-        return dgx, _weight_grad(dg, hs[:T]), _bias_grad(dg), None, None
+        dgx = torch.cat([dg[:, :, : 2 * H], a.mul_(D[1:])], dim=2)  # d(proj)
+        return dgx, _bias_grad(dgx), _weight_grad(dg, hs[:T]), _bias_grad(dg), None, None
 
 
 class _LSTM(torch.autograd.Function):

@@ -163,7 +163,8 @@ def run_rnntune(args: argparse.Namespace, seed: int, tmp: Path) -> tuple[float, 
     if args.results is not None:  # the whole report: best configurations, the compute ledger
         kept = _result_path(args, "rnntune-report", seed)
         kept.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(report_path, kept)
+        shutil.copyfile(report_path, kept.with_suffix(".partial"))
+        os.replace(kept.with_suffix(".partial"), kept)
     report = json.loads(report_path.read_text())
     out = {}
     for cell in FAMILIES:
@@ -199,7 +200,11 @@ def _kept(args: argparse.Namespace, side: str, seed: int, compute):  # noqa: ANN
     at = time.strftime("%Y-%m-%d %H:%M:%S")
     load = os.getloadavg()[0]
     record = {"wall": wall, "cpu": cpu, "result": result, "at": at, "load_at_end": load}
-    path.write_text(json.dumps(record, indent=1))
+    # Whole or not at all: a run killed while writing must not leave a half file that the next
+    # run would try to reuse (the baseline behind it took up to an hour).
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(record, indent=1))
+    os.replace(partial, path)
     return wall, cpu, result
 
 
